@@ -1,0 +1,225 @@
+"""TOML file -> one frozen Settings object, built once at start and passed down.
+
+Every error names the key and says how to fix it; nothing else in the node reads the file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "AINODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    data_dir: Path = Path("./data")
+    http_port: int = 8080
+    log_level: str = "INFO"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    base_url: str
+    patient_identifier_system: str = ""  # empty: match the identifier value in any system
+    lab_window_days: int = 365
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class AssemblySettings:
+    quiet_seconds: float = 10.0
+    poll_seconds: float = 0.5
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    max_attempts: int = 8
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """Send studies whose instances match every pattern (DICOM keyword -> regex) to ``pipeline``."""
+
+    pipeline: str
+    patterns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings
+    pacs: PacsSettings | None
+    fhir: FhirSettings | None
+    assembly: AssemblySettings
+    outbox: OutboxSettings
+    routes: tuple[RouteRule, ...]
+    source: Path | None = None
+
+
+ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
+DEFAULT_ROUTES = (RouteRule("radiograph-lesion", {"Modality": "^(CR|DX)$"}),)
+
+_AE_RE = re.compile(r"^[ -~]{1,16}$")
+
+
+def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table, e.g. '[{name}]' on its own line followed by keys")
+    return value
+
+
+def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any = None, required: bool = False) -> Any:
+    if key not in table:
+        if required:
+            raise ConfigError(f"{section}.{key} is required: add '{key} = ...' under [{section}]")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{section}.{key} must be a {kind.__name__}, got {value!r}: fix the value in the config file")
+    return value
+
+
+def _port(table: dict[str, Any], section: str, key: str, default: int | None, required: bool = False) -> int:
+    value = _get(table, section, key, int, default, required)
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{section}.{key} = {value} is not a TCP port: use a number from 1 to 65535")
+    return int(value)
+
+
+def _ae(table: dict[str, Any], section: str, default: str | None, required: bool = False) -> str:
+    value = _get(table, section, "ae_title", str, default, required)
+    if not _AE_RE.match(value) or value.strip() == "" or "\\" in value:
+        raise ConfigError(f"{section}.ae_title = {value!r} is not a valid AE title: use 1-16 printable ASCII characters, no backslash")
+    return str(value)
+
+
+def _known(table: dict[str, Any], section: str, keys: set[str]) -> None:
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise ConfigError(f"[{section}] has unknown key(s) {', '.join(unknown)}: known keys are {', '.join(sorted(keys))}")
+
+
+def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Path | None = None) -> Settings:
+    """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
+    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "outbox", "route"})
+    n = _table(raw, "node")
+    _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
+    data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
+    if not data_dir.is_absolute() and base_dir is not None:
+        data_dir = base_dir / data_dir
+    device = _get(n, "node", "device", str, "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"node.device = {device!r}: use \"auto\", \"cpu\" or \"cuda\"")
+    log_level = _get(n, "node", "log_level", str, "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"node.log_level = {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    node = NodeSettings(
+        ae_title=_ae(n, "node", "AINODE"),
+        host=_get(n, "node", "host", str, "127.0.0.1"),
+        port=_port(n, "node", "port", 11112),
+        data_dir=data_dir,
+        http_port=_get(n, "node", "http_port", int, 8080),
+        log_level=log_level,
+        device=device,
+    )
+    if not 0 <= node.http_port <= 65535:
+        raise ConfigError(f"node.http_port = {node.http_port}: use 0 (off) or a TCP port from 1 to 65535")
+
+    pacs = None
+    if "pacs" in raw:
+        p = _table(raw, "pacs")
+        _known(p, "pacs", {"ae_title", "host", "port"})
+        pacs = PacsSettings(
+            ae_title=_ae(p, "pacs", None, required=True),
+            host=_get(p, "pacs", "host", str, required=True),
+            port=_port(p, "pacs", "port", None, required=True),
+        )
+
+    fhir = None
+    if "fhir" in raw:
+        f = _table(raw, "fhir")
+        _known(f, "fhir", {"base_url", "patient_identifier_system", "lab_window_days", "timeout_seconds"})
+        base_url = _get(f, "fhir", "base_url", str, required=True)
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"fhir.base_url = {base_url!r} must start with http:// or https://, e.g. \"http://ehr.example.org/fhir/R4\"")
+        fhir = FhirSettings(
+            base_url=base_url.rstrip("/"),
+            patient_identifier_system=_get(f, "fhir", "patient_identifier_system", str, ""),
+            lab_window_days=_get(f, "fhir", "lab_window_days", int, 365),
+            timeout_seconds=_get(f, "fhir", "timeout_seconds", float, 5.0),
+        )
+        if fhir.lab_window_days < 0:
+            raise ConfigError("fhir.lab_window_days must be >= 0 (days before the study date in which labs count)")
+
+    a = _table(raw, "assembly")
+    _known(a, "assembly", {"quiet_seconds", "poll_seconds"})
+    assembly = AssemblySettings(
+        quiet_seconds=_get(a, "assembly", "quiet_seconds", float, 10.0),
+        poll_seconds=_get(a, "assembly", "poll_seconds", float, 0.5),
+    )
+    if assembly.quiet_seconds <= 0:
+        raise ConfigError("assembly.quiet_seconds must be > 0 (seconds without a new instance before a study counts as complete)")
+
+    o = _table(raw, "outbox")
+    _known(o, "outbox", {"max_attempts", "backoff_seconds", "backoff_max_seconds"})
+    outbox = OutboxSettings(
+        max_attempts=_get(o, "outbox", "max_attempts", int, 8),
+        backoff_seconds=_get(o, "outbox", "backoff_seconds", float, 2.0),
+        backoff_max_seconds=_get(o, "outbox", "backoff_max_seconds", float, 300.0),
+    )
+    if outbox.max_attempts < 1:
+        raise ConfigError("outbox.max_attempts must be >= 1")
+
+    routes = DEFAULT_ROUTES
+    if "route" in raw:
+        rules = raw["route"]
+        if not isinstance(rules, list):
+            raise ConfigError("route must be an array of tables: write each rule as '[[route]]' with pipeline = \"...\"")
+        parsed = []
+        for i, rule in enumerate(rules):
+            section = f"route[{i}]"
+            _known(rule, section, {"pipeline", *ROUTE_KEYWORDS})
+            pipeline = _get(rule, section, "pipeline", str, required=True)
+            patterns = {k: _get(rule, section, k, str) for k in ROUTE_KEYWORDS if k in rule}
+            for k, pattern in patterns.items():
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{section}.{k} = {pattern!r} is not a valid regular expression ({exc})") from exc
+            parsed.append(RouteRule(pipeline, patterns))
+        routes = tuple(parsed)
+    return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate a TOML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}; pass an existing file with --config") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_settings(raw, base_dir=path.resolve().parent, source=path)

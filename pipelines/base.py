@@ -1,0 +1,169 @@
+"""The contract between the node and the pipelines: what a pipeline declares, what it is given, what it returns.
+
+Nothing here imports torch, MONAI or anything from ``node``: the node reads these types at start-up without
+loading a model, and pipelines never see networking, the database or the PACS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class CodedClass:
+    """A class a stage-2 head can emit, as a code (value, scheme, meaning) the SR writes as-is."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class LabRequirement:
+    """A laboratory value a pipeline reads: its LOINC code, a short name for text rendering, the unit it expects."""
+
+    loinc: str
+    name: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class SeriesFilter:
+    """Declarative series selection (regex per DICOM keyword, matched case-sensitively unless the pattern says (?i))."""
+
+    patterns: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineRequirements:
+    """What a pipeline needs from a study and from the EHR."""
+
+    modalities: tuple[str, ...]
+    series_filter: SeriesFilter
+    labs: tuple[LabRequirement, ...]
+    reads_notes: bool
+    dimensionality: int  # 2: per image (radiographs); 3: per volume (CT/MR)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One stored DICOM instance of the study, as the node hands it to a pipeline (read-only)."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    modality: str
+
+
+@dataclass(frozen=True)
+class StudyInput:
+    """The instances of one study selected for a pipeline, plus the demographics a model may use."""
+
+    study_instance_uid: str
+    instances: tuple[InstanceRef, ...]
+    patient_age_years: float | None = None
+    patient_sex: str | None = None  # "M", "F", "O" or None
+
+
+@dataclass(frozen=True)
+class LabValue:
+    """A laboratory result from the EHR: the latest before the study date within the configured window."""
+
+    loinc: str
+    value: float
+    unit: str
+    effective: str  # ISO 8601 date-time as the EHR gave it
+
+
+@dataclass(frozen=True)
+class ClinicalContext:
+    """What the EHR said about the patient at the time of the study.
+
+    ``fhir_status`` is "ok" when the FHIR server answered and the patient was found, "patient-not-found" when it
+    answered without a matching patient, and "unreachable" when it did not answer. Missing values are never
+    imputed here: a pipeline sees which labs are absent and says so in its findings.
+    """
+
+    fhir_status: str
+    labs: Mapping[str, LabValue] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    detail: str = ""
+
+    @classmethod
+    def unavailable(cls, status: str, detail: str = "") -> "ClinicalContext":
+        return cls(fhir_status=status, labs={}, notes=(), detail=detail)
+
+
+@dataclass(frozen=True)
+class PixelBox:
+    """An axis-aligned box in pixel coordinates of one frame: (column, row) of the top-left and bottom-right corners."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lesion: where stage 1 found it and what stage 2 called it."""
+
+    tracking_uid: str
+    tracking_id: str  # human-readable, e.g. "lesion 1"
+    class_code: CodedClass
+    probability: float  # stage-2 probability of class_code
+    class_probabilities: Mapping[str, float]  # class meaning -> probability, all classes
+    detection_score: float  # stage-1 score
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame_number: int  # 1-based
+    box: PixelBox
+    inputs_used: tuple[str, ...]  # e.g. ("image", "labs:6768-6", "notes")
+    inputs_missing: tuple[str, ...]  # e.g. ("labs:2532-0", "notes")
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """All findings of one pipeline run on one study, and what the run had to work with."""
+
+    pipeline_name: str
+    pipeline_version: str
+    findings: tuple[Finding, ...]
+    images_analysed: tuple[str, ...]  # SOP Instance UIDs the detector looked at
+    detection_threshold: float
+    inputs_missing: tuple[str, ...]  # study-level: "labs", "notes", or specific "labs:<loinc>"
+    fhir_status: str
+    device: str  # "cuda" or "cpu"
+
+
+class Pipeline(Protocol):
+    """A detect-then-classify model. Implementations are pure: typed input in, PipelineResult out."""
+
+    name: str
+    version: str
+    requirements: PipelineRequirements
+
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult: ...
+
+
+def missing_inputs(requirements: PipelineRequirements, context: ClinicalContext) -> tuple[str, ...]:
+    """Which declared clinical inputs the context lacks, in the vocabulary of ``Finding.inputs_missing``."""
+    missing: list[str] = []
+    if context.fhir_status != "ok":
+        if requirements.labs:
+            missing.append("labs")
+        if requirements.reads_notes:
+            missing.append("notes")
+        return tuple(missing)
+    missing.extend(f"labs:{lab.loinc}" for lab in requirements.labs if lab.loinc not in context.labs)
+    if requirements.reads_notes and not context.notes:
+        missing.append("notes")
+    return tuple(missing)
+
+
+def select_instances(instances: Sequence[InstanceRef], requirements: PipelineRequirements) -> tuple[InstanceRef, ...]:
+    """Instances whose modality the pipeline accepts (series-level regexes are applied by the node's router)."""
+    return tuple(i for i in instances if i.modality in requirements.modalities)
