@@ -191,7 +191,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     if outbox.max_attempts < 1:
         raise ConfigError("outbox.max_attempts must be >= 1")
 
-    routes = DEFAULT_ROUTES
+    routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
     if "route" in raw:
         rules = raw["route"]
         if not isinstance(rules, list):

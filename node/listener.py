@@ -1,0 +1,236 @@
+"""The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE for every storage SOP class.
+
+The C-STORE handler is thin: check that the dataset can be understood, write the received bytes durably to the
+spool, index the row, and only then return success. It never decodes pixels, calls FHIR or runs a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import NodeSettings
+from node.store import IndexedInstance, Store
+
+log = logging.getLogger("node.listener")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # persisting failed: the sender keeps the instance and retries
+STATUS_CANNOT_UNDERSTAND = 0xC000  # the dataset is unusable: unparseable, truncated or lacking its UIDs
+STATUS_DATASET_MISMATCH = 0xA900  # the dataset's SOP class is not the one of the presentation context
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class UnusableDataset(ValueError):
+    """The received dataset cannot be stored as a DICOM instance; the message says why (no identifiers)."""
+
+
+def uid_digest(uid: str) -> str:
+    """A short stable hash of a UID, for logs at INFO (studies are never named by their UID there)."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = str(ds.get(keyword, "") or "").strip()
+    if not value or len(value) > 64 or not _UID_RE.match(value):
+        raise UnusableDataset(f"{keyword} is missing or not a valid UID")
+    return value
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int | None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (rows * cols * spp * frames * bits + 7) // 8
+
+
+def check_dataset(ds: Dataset, transfer_syntax: UID) -> None:
+    """Force every top-level element to be read and check what the node relies on.
+
+    pydicom parses lazily, so a truncated stream or garbage would otherwise only fail later in the worker,
+    after the sender was told the instance is safe.
+    """
+    try:
+        for _ in ds:  # converts each raw element; truncation and garbage raise here
+            pass
+    except Exception as exc:  # pydicom raises many types for malformed data
+        raise UnusableDataset(f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        _uid(ds, keyword)
+    if "PixelData" in ds and not transfer_syntax.is_compressed:
+        expected = _expected_pixel_bytes(ds)
+        actual = len(ds.PixelData)
+        if expected is None:
+            raise UnusableDataset("PixelData without a usable Rows/Columns/BitsAllocated description")
+        if actual < expected:
+            raise UnusableDataset(f"PixelData truncated: {actual} bytes of {expected}")
+
+
+class Spool:
+    """Received instances as files: data_dir/spool/<study hash>/<SOP Instance UID>.dcm."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
+        return self.root / uid_digest(study_uid) / f"{sop_instance_uid}.dcm"
+
+    def write(self, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
+        """Temp file, fsync, atomic rename, fsync of the directory: after this returns the bytes survive a crash."""
+        final = self.path_for(study_uid, sop_instance_uid)
+        folder = final.parent
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{sop_instance_uid}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(self.root)
+        return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ListenerDeps:
+    """What the C-STORE handler needs, bound to the event (no globals)."""
+
+    spool: Spool
+    open_store: Callable[[], Store]
+    on_stored: Callable[[str], None] | None = None  # study UID of each newly stored instance
+
+
+def _patient_age(ds: Dataset) -> float | None:
+    age = str(ds.get("PatientAge", "") or "")
+    match = re.match(r"^(\d{3})([DWMY])$", age)
+    if not match:
+        return None
+    per_year = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[match.group(2)]
+    return int(match.group(1)) / per_year
+
+
+_thread_stores = threading.local()
+
+
+def _store_for_thread(deps: ListenerDeps) -> Store:
+    # One connection per association thread: sqlite3 connections must not be shared between threads.
+    store = getattr(_thread_stores, "store", None)
+    if store is None:
+        store = deps.open_store()
+        _thread_stores.store = store
+    return store
+
+
+def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
+    """EVT_C_STORE: persist durably, index, return the DIMSE status."""
+    calling_ae = event.assoc.requestor.ae_title
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        transfer_syntax = event.context.transfer_syntax
+        check_dataset(ds, UID(transfer_syntax))
+        if str(ds.SOPClassUID) != str(event.request.AffectedSOPClassUID):
+            log.warning("store refused: SOP Class UID differs from the request's (caller %s)", calling_ae)
+            return STATUS_DATASET_MISMATCH
+    except UnusableDataset as exc:
+        log.warning("store refused from %s: %s", calling_ae, exc)
+        return STATUS_CANNOT_UNDERSTAND
+    except Exception as exc:  # anything pydicom raises while decoding: the dataset is not usable
+        log.warning("store refused from %s: cannot decode dataset (%s)", calling_ae, type(exc).__name__)
+        return STATUS_CANNOT_UNDERSTAND
+
+    study_uid = str(ds.StudyInstanceUID)
+    sop_uid = str(ds.SOPInstanceUID)
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        path = deps.spool.write(study_uid, sop_uid, data)
+        new = _store_for_thread(deps).index_instance(
+            IndexedInstance(
+                sop_instance_uid=sop_uid,
+                study_uid=study_uid,
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                modality=str(ds.get("Modality", "") or ""),
+                body_part=str(ds.get("BodyPartExamined", "") or ""),
+                series_description=str(ds.get("SeriesDescription", "") or ""),
+                transfer_syntax=str(transfer_syntax),
+                path=str(path),
+                size=len(data),
+                calling_ae=calling_ae,
+                patient_id=str(ds.get("PatientID", "") or ""),
+                patient_age=_patient_age(ds),
+                patient_sex=str(ds.get("PatientSex", "") or ""),
+                study_date=str(ds.get("StudyDate", "") or ""),
+            )
+        )
+    except Exception as exc:  # disk full, permissions, database locked: the sender must keep the instance
+        log.error("store failed to persist (study %s): %s: %s", uid_digest(study_uid), type(exc).__name__, exc)
+        return STATUS_OUT_OF_RESOURCES
+    log.debug("stored instance of study %s (new=%s)", uid_digest(study_uid), new)
+    if new and deps.on_stored is not None:
+        deps.on_stored(study_uid)
+    return STATUS_SUCCESS
+
+
+def handle_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def build_ae(settings: NodeSettings) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    # Accept every storage SOP class in every transfer syntax pydicom knows; decoding happens in the worker.
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.maximum_associations = 32
+    ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
+    ae.network_timeout = 60
+    ae.dimse_timeout = 60
+    ae.acse_timeout = 30
+    return ae
+
+
+def start_listener(settings: NodeSettings, deps: ListenerDeps) -> ThreadedAssociationServer:
+    """Start the SCP in background threads and return its server (call ``shutdown()`` to stop)."""
+    ae = build_ae(settings)
+    handlers: list[Any] = [
+        (evt.EVT_C_STORE, handle_store, [deps]),
+        (evt.EVT_C_ECHO, handle_echo),
+    ]
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False always returns the server
+    log.info("listening for DICOM as %s on %s:%d", settings.ae_title, settings.host, settings.port)
+    return server

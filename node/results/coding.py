@@ -1,0 +1,99 @@
+"""The coded concepts our SR uses, and the mapping between the pipelines' input vocabulary and codes.
+
+Standard codes come from ``pydicom.sr.codedict.codes``; where no standard code fits, a project-private code in the
+``99AINODE`` scheme is defined here (and declared in the SR's Coding Scheme Identification Sequence). Nothing else.
+"""
+
+from __future__ import annotations
+
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import CodedConcept
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+# Private coding scheme: "99" prefix per PS3.16 section 8.2 for locally defined schemes.
+PRIVATE_SCHEME = "99AINODE"
+PRIVATE_SCHEME_ITEM = CodingSchemeIdentificationItem(
+    designator=PRIVATE_SCHEME,
+    name="DICOM AI node local codes",
+    responsible_organization="dicom-ai-node project",
+)
+
+# --- standard codes -------------------------------------------------------------------------------------------
+# CID 100 has no "AI analysis of radiograph"; the generic imaging procedure is the honest choice.
+PROCEDURE_REPORTED = codes.SCT.ImagingProcedure  # (363679005, SCT, "Imaging procedure")
+# Finding type of every box the detector emits (TID 1410 row "Finding"); the head's class is reported separately.
+FINDING_TYPE = codes.SCT.Lesion  # (52988006, SCT, "Lesion")
+# Concept name of the stage-2 class as a qualitative evaluation; its value is the pipeline's CodedClass as-is.
+# DCM "Finding" (121071) is already taken by the finding type, so the SNOMED attribute "Classification" names it.
+CLASSIFICATION = codes.SCT.Classification  # (278201002, SCT, "Classification (attribute)")
+# Stage-2 probability of the reported class, and the stage-1 detector score (how sure the detector is a lesion
+# is there at all: the CAD concept "Certainty of Finding").
+PROBABILITY = codes.DCM.Probability  # (122157, DCM, "Probability")
+DETECTION_SCORE = codes.DCM.CertaintyOfFinding  # (111012, DCM, "Certainty of Finding")
+# Both are dimensionless in [0, 1]: UCUM "1" (CID 7181 "no units"); "{probability}" is not in CID 7181.
+UNITLESS = codes.UCUM.NoUnits
+# The score cut-off below which the detector reported nothing.
+DETECTION_THRESHOLD = codes.DCM.ThresholdValue  # (122411, DCM, "Threshold Value")
+# Study-level "was a lesion found" statement: Presence of property = Present / Absent.
+PRESENCE = codes.DCM.PresenceOfProperty  # (121052, DCM, "Presence of property")
+PRESENT = codes.SCT.Present  # (52101004, SCT, "Present")
+ABSENT = codes.SCT.Absent  # (272519000, SCT, "Absent")
+# "labs" as a whole (e.g. EHR unreachable): LOINC's section code for laboratory data.
+LABS = codes.LN.RelevantDiagnosticTestsAndOrLaboratoryData  # (30954-2, LN)
+
+# --- project-private codes (no standard concept states "this clinical input was not available to the AI") -----
+INPUT_UNAVAILABLE = Code("AIN001", PRIVATE_SCHEME, "Clinical input unavailable")
+INPUT_USED = Code("AIN002", PRIVATE_SCHEME, "Clinical input used")
+EHR_STATUS = Code("AIN003", PRIVATE_SCHEME, "EHR query status")
+# Free-text EHR notes; DCM "Physician Note" and LOINC note types are narrower than what the node reads.
+NOTES = Code("AIN010", PRIVATE_SCHEME, "Clinical notes")
+# The image itself as an input.
+IMAGE = codes.DCM.SourceImage  # (121324, DCM, "Source image")
+
+# ClinicalContext.fhir_status values (pipelines/base.py) -> codes.
+FHIR_STATUS_CODES: dict[str, Code] = {
+    "ok": Code("AIN020", PRIVATE_SCHEME, "EHR data retrieved"),
+    "patient-not-found": Code("AIN021", PRIVATE_SCHEME, "Patient not found in EHR"),
+    "unreachable": Code("AIN022", PRIVATE_SCHEME, "EHR unreachable"),
+}
+
+
+def input_code(token: str) -> Code:
+    """Code for one input token of ``Finding.inputs_used`` / ``inputs_missing``: image, labs, labs:<loinc>, notes."""
+    if token == "image":
+        return IMAGE
+    if token == "labs":
+        return LABS
+    if token == "notes":
+        return NOTES
+    if token.startswith("labs:") and len(token) > len("labs:"):
+        loinc = token[len("labs:"):]
+        # The LOINC long name is not known here (the token carries only the code); readers match on value+scheme.
+        return Code(loinc, "LN", f"Laboratory result LOINC {loinc}")
+    raise ValueError(f"unknown input token {token!r}")
+
+
+def input_token(code: CodedConcept | Code) -> str:
+    """Inverse of :func:`input_code`."""
+    if code.scheme_designator == IMAGE.scheme_designator and code.value == IMAGE.value:
+        return "image"
+    if code.scheme_designator == "LN":
+        return "labs" if code.value == LABS.value else f"labs:{code.value}"
+    if code.scheme_designator == NOTES.scheme_designator and code.value == NOTES.value:
+        return "notes"
+    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an input code")
+
+
+def fhir_status_code(status: str) -> Code:
+    try:
+        return FHIR_STATUS_CODES[status]
+    except KeyError:
+        raise ValueError(f"unknown fhir_status {status!r}") from None
+
+
+def fhir_status_token(code: CodedConcept | Code) -> str:
+    for token, c in FHIR_STATUS_CODES.items():
+        if c.value == code.value and c.scheme_designator == code.scheme_designator:
+            return token
+    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an EHR status code")

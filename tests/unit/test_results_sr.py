@@ -1,0 +1,213 @@
+"""The TID 1500 SR: written to disk, validated with dciodvfy, read back with highdicom and asserted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
+from test_results_common import (
+    BENIGN,
+    MALIGNANT,
+    PIPELINE,
+    STUDY_UID,
+    VERSION,
+    dciodvfy,
+    errors,
+    finding,
+    real_cr,
+    result,
+    synthetic_cr,
+)
+
+from node.results import coding
+from node.results.sr import build_sr, read_findings
+from node.results.uids import device_uid, input_digest, result_uid
+from pipelines.base import PipelineResult, PixelBox
+
+
+@pytest.fixture
+def sources() -> list[Dataset]:
+    return [synthetic_cr(f"{STUDY_UID}.1.{i}", instance_number=i) for i in (1, 2)]
+
+
+def _uids(r: PipelineResult, study_uid: str) -> dict[str, str]:
+    digest = input_digest(r.images_analysed, f"fhir={r.fhir_status};missing={','.join(r.inputs_missing)}")
+    return {
+        role: result_uid(study_uid, r.pipeline_name, r.pipeline_version, digest, role) for role in ("sr", "sr-series")
+    }
+
+
+def _write(r: PipelineResult, sources: list[Dataset], path: Path) -> hd.sr.Comprehensive3DSR:
+    uids = _uids(r, str(sources[0].StudyInstanceUID))
+    sr = build_sr(
+        r,
+        sources,
+        series_instance_uid=uids["sr-series"],
+        sop_instance_uid=uids["sr"],
+        series_number=9001,
+        manufacturer="dicom-ai-node",
+        software_version="0.1.0",
+    )
+    sr.save_as(path, enforce_file_format=True)
+    return sr
+
+
+def _assert_valid(path: Path) -> None:
+    lines = dciodvfy(path)
+    assert errors(lines) == [], "\n".join(lines)
+    # The only warnings we accept are dciodvfy not knowing our (declared) private coding scheme.
+    unexpected = [w for w in lines if w.startswith("Warning") and coding.PRIVATE_SCHEME not in w]
+    assert unexpected == [], "\n".join(unexpected)
+
+
+def test_sr_with_findings_round_trips(tmp_path: Path, sources: list[Dataset]) -> None:
+    a, b = sources
+    f1 = finding(a, 1, PixelBox(100.0, 130.0, 140.5, 170.25))
+    f2 = finding(a, 2, PixelBox(250.0, 300.0, 300.0, 360.0), BENIGN, 0.66, inputs_missing=())
+    r = result(sources, (f1, f2), inputs_missing=("labs:2532-0",))
+    path = tmp_path / "sr.dcm"
+    _write(r, sources, path)
+    _assert_valid(path)
+
+    doc = hd.sr.srread(path)
+    assert isinstance(doc, hd.sr.Comprehensive3DSR)
+    assert doc.SOPClassUID == Comprehensive3DSRStorage
+    # Original study and patient, new series.
+    assert doc.StudyInstanceUID == STUDY_UID
+    assert doc.SeriesInstanceUID != a.SeriesInstanceUID
+    assert (doc.PatientID, str(doc.PatientName), doc.AccessionNumber) == ("PAT-0042", "Doe^Jane", "ACC0042")
+    assert doc.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == coding.PRIVATE_SCHEME
+
+    summary = read_findings(doc)
+    assert summary.study_instance_uid == STUDY_UID
+    assert (summary.algorithm_name, summary.algorithm_version) == (PIPELINE, VERSION)
+    assert summary.nothing_found is False
+    assert summary.detection_threshold == pytest.approx(0.35)
+    assert summary.images_analysed == (str(a.SOPInstanceUID), str(b.SOPInstanceUID))
+    assert summary.inputs_missing == ("labs:2532-0",)
+    assert summary.fhir_status == "ok"
+
+    by_id = {s.tracking_id: s for s in summary.findings}
+    assert set(by_id) == {"lesion 1", "lesion 2"}
+    one, two = by_id["lesion 1"], by_id["lesion 2"]
+    assert one.tracking_uid == f1.tracking_uid and two.tracking_uid == f2.tracking_uid
+    assert one.box == pytest.approx((100.0, 130.0, 140.5, 170.25))
+    assert two.box == pytest.approx((250.0, 300.0, 300.0, 360.0))
+    assert (one.class_value, one.class_scheme, one.class_meaning) == (MALIGNANT.value, "SCT", "Malignant")
+    assert two.class_meaning == "Benign"
+    assert one.probability == pytest.approx(0.87) and two.probability == pytest.approx(0.66)
+    assert one.detection_score == pytest.approx(0.91)
+    assert one.finding_type == "Lesion"
+    assert one.sop_instance_uid == str(a.SOPInstanceUID) and one.frame_number == 1
+    assert one.inputs_used == ("image", "labs:6768-6")
+    assert one.inputs_missing == ("labs:2532-0",) and two.inputs_missing == ()
+
+
+def test_sr_structure_uses_the_standard_templates(tmp_path: Path, sources: list[Dataset]) -> None:
+    a = sources[0]
+    r = result(sources, (finding(a, 1, PixelBox(10, 20, 30, 40)),))
+    path = tmp_path / "sr.dcm"
+    _write(r, sources, path)
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+
+    (device,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
+    attrs = device.observer_identifying_attributes
+    assert isinstance(attrs, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert attrs.uid == device_uid(PIPELINE, VERSION) and attrs.name == PIPELINE
+
+    (group,) = report.get_planar_roi_measurement_groups(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, referenced_sop_instance_uid=str(a.SOPInstanceUID)
+    )
+    assert group[0].ContentTemplateSequence[0].TemplateIdentifier == "1410"
+    roi = group.roi
+    assert roi is not None and roi.value.shape == (5, 2)
+    assert (roi.value[0] == roi.value[-1]).all()  # closed
+    (prob,) = group.get_measurements(name=codes.DCM.Probability)
+    assert prob.unit == codes.UCUM.NoUnits
+    assert group.finding_type == codes.SCT.Lesion
+    algo = hd.sr.utils.find_content_items(group[0], name=codes.DCM.AlgorithmName)
+    assert [i.value for i in algo] == [PIPELINE]
+
+
+def test_no_findings_sr_says_nothing_found_and_what_was_missing(tmp_path: Path, sources: list[Dataset]) -> None:
+    r = result(sources, (), inputs_missing=("labs", "notes"), fhir_status="unreachable")
+    path = tmp_path / "sr-empty.dcm"
+    _write(r, sources, path)
+    _assert_valid(path)
+
+    summary = read_findings(dcmread(path))
+    assert summary.findings == ()
+    assert summary.nothing_found is True
+    assert summary.inputs_missing == ("labs", "notes")
+    assert summary.fhir_status == "unreachable"
+    assert summary.images_analysed == tuple(str(s.SOPInstanceUID) for s in sources)
+
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (group,) = report.get_image_measurement_groups()
+    (presence,) = group.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)
+    assert presence.value == codes.SCT.Absent
+    assert {s.referenced_sop_instance_uid for s in group.source_images} == {s.SOPInstanceUID for s in sources}
+
+
+def test_sr_on_real_monochrome1_radiograph(tmp_path: Path) -> None:
+    cr = real_cr()
+    f = finding(cr, 1, PixelBox(790.0, 1035.0, 925.0, 1230.0))
+    r = result([cr], (f,), inputs_missing=(), fhir_status="ok")
+    path = tmp_path / "sr-real.dcm"
+    _write(r, [cr], path)
+    _assert_valid(path)
+    summary = read_findings(dcmread(path))
+    assert summary.study_instance_uid == cr.StudyInstanceUID
+    assert summary.inputs_missing == () and summary.nothing_found is False
+    (only,) = summary.findings
+    assert only.box == pytest.approx((790.0, 1035.0, 925.0, 1230.0))
+    assert only.sop_instance_uid == cr.SOPInstanceUID
+
+
+def test_building_twice_gives_identical_uids(tmp_path: Path, sources: list[Dataset]) -> None:
+    r = result(sources, (finding(sources[0], 1, PixelBox(10, 20, 30, 40)),))
+    first = _write(r, sources, tmp_path / "1.dcm")
+    second = _write(r, sources, tmp_path / "2.dcm")
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID
+    assert first.SOPInstanceUID.startswith("2.25.")
+    # A different input (here: one image fewer) must give a different object.
+    other = result(sources[:1], r.findings)
+    assert _uids(other, STUDY_UID)["sr"] != first.SOPInstanceUID
+
+
+def test_uid_helpers() -> None:
+    d1 = input_digest(["1.2.3", "1.2.4"], "labs=ok")
+    assert d1 == input_digest(["1.2.4", "1.2.3"], "labs=ok")  # order-independent
+    assert d1 != input_digest(["1.2.3", "1.2.4"], "labs=missing")
+    assert d1 != input_digest(["1.2.3"], "labs=ok")
+    u = result_uid(STUDY_UID, PIPELINE, VERSION, d1, "sr")
+    assert u == result_uid(STUDY_UID, PIPELINE, VERSION, d1, "sr")
+    assert len({u, result_uid(STUDY_UID, PIPELINE, VERSION, d1, "sr-series"),
+                result_uid(STUDY_UID, PIPELINE, "0.3.2", d1, "sr")}) == 3
+    assert u.startswith("2.25.") and len(u) <= 64
+    with pytest.raises(ValueError):
+        result_uid(STUDY_UID, PIPELINE, VERSION, d1, "")
+
+
+def test_rejects_what_it_cannot_state_truthfully(sources: list[Dataset]) -> None:
+    a = sources[0]
+
+    def build(r: PipelineResult, srcs: list[Dataset]) -> None:
+        build_sr(r, srcs, series_instance_uid="2.25.1", sop_instance_uid="2.25.2", series_number=1,
+                 manufacturer="m", software_version="v")
+
+    with pytest.raises(ValueError, match="probability"):
+        build(result(sources, (finding(a, 1, PixelBox(1, 1, 5, 5), probability=1.5),)), sources)
+    with pytest.raises(ValueError, match="degenerate"):
+        build(result(sources, (finding(a, 1, PixelBox(5, 5, 5, 9)),)), sources)
+    with pytest.raises(ValueError, match="not among the sources"):
+        build(result(sources, (finding(a, 1, PixelBox(1, 1, 5, 5)),)), sources[1:])
+    with pytest.raises(ValueError, match="fhir_status"):
+        build(result(sources, (), fhir_status="maybe"), sources)
