@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the node, the demo and the tests need on Debian 12 (as root), idempotently:
+# Orthanc + DICOMweb plugin, dcmtk, dicom3tools (apt); the FHIR engine and Node 22 (npm); the venv .venv (pip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages="orthanc orthanc-dicomweb dcmtk dicom3tools"
+missing=""
+for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "setup: apt-get install$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi
+
+# npm ci only when the lock file changed since the last install (stamp kept inside node_modules).
+stamp=deploy/fhir/node_modules/.installed-from-lock
+if ! cmp -s deploy/fhir/package-lock.json "$stamp"; then
+  echo "setup: npm ci (Medplum FHIR engine 5.2.13, Node 22)"
+  npm ci --prefix deploy/fhir --no-audit --no-fund --loglevel=error
+  cp deploy/fhir/package-lock.json "$stamp"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: python3 -m venv .venv"
+  python3 -m venv .venv
+fi
+# torch and torchvision first, pinned: pip takes them from this machine's disk and never picks another torch.
+.venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+echo "setup: done"

@@ -1,0 +1,138 @@
+"""The ``dicom-ai-node`` command: serve, process, status, pipelines, train and demo.
+
+Every command that reads a config takes ``--config FILE``; config errors print the key and the fix, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from node.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="PACS-integrated DICOM AI node.")
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file (see README: Configuration).")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every PDU at INFO, identifiers included: keep it at WARNING.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _settings(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(config: Path = ConfigOpt) -> None:
+    """Run the node: DICOM listener, assembly, pipelines, delivery to the PACS, status endpoints."""
+    from node.service import Node, check_routes
+
+    settings = _settings(config)
+    setup_logging(settings.node.log_level)
+    try:
+        check_routes(settings)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    Node(settings).serve_forever()
+
+
+@app.command()
+def process(study_uid: str, config: Path = ConfigOpt) -> None:
+    """Treat a study as complete now (the running node picks it up within a second)."""
+    from node.store import Store
+
+    settings = _settings(config)
+    store = Store(settings.node.data_dir / "node.db")
+    if not store.request_processing(study_uid):
+        typer.echo("no such study in this node's database (nothing received for that Study Instance UID)", err=True)
+        raise typer.Exit(1)
+    typer.echo("queued: the node completes the study on its next assembly pass")
+
+
+@app.command()
+def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Counts by state, the latest studies and any dead-lettered deliveries."""
+    from node.store import Store
+    from node.web import study_summaries
+
+    settings = _settings(config)
+    store = Store(settings.node.data_dir / "node.db")
+    studies = study_summaries(store, limit=20)
+    dead = store.outbox_items("dead")
+    if as_json:
+        typer.echo(json.dumps({"counts": store.counts(), "studies": studies, "dead": dead}, indent=1))
+        return
+    for table, states in store.counts().items():
+        typer.echo(f"{table:10s} " + ", ".join(f"{k}: {v}" for k, v in sorted(states.items())))
+    for s in studies:
+        jobs = "; ".join(
+            f"{j['pipeline']} {j['state']} findings={j['n_findings']} fhir={j['fhir_status']}" for j in s["jobs"]
+        )
+        typer.echo(f"{s['study_uid']}  {s['status']:12s} {s['instances']} inst  {jobs}")
+    for item in dead:
+        typer.echo(f"DEAD {item['sop_instance_uid']}: {item['last_error']}")
+
+
+@app.command("pipelines")
+def list_pipelines() -> None:
+    """The installed pipelines with their version and inputs."""
+    from pipelines.registry import available_pipelines, pipeline_requirements, pipeline_version
+
+    for name in available_pipelines():
+        req = pipeline_requirements(name)
+        labs = ", ".join(f"{lab.name} ({lab.loinc})" for lab in req.labs) or "none"
+        typer.echo(
+            f"{name} {pipeline_version(name)}: modalities {'/'.join(req.modalities)}, {req.dimensionality}D, "
+            f"labs {labs}, notes {'yes' if req.reads_notes else 'no'}"
+        )
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("pipelines/bundles/radiograph-lesion"), help="Bundle directory to write."),
+    patients: Optional[int] = typer.Option(None, help="Synthetic cohort size (default: the shipped bundle's)."),
+    seed: int = typer.Option(0, help="Seed of the cohort and of training."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Train radiograph-lesion on the project's synthetic cohort and write a bundle with its model card."""
+    from pipelines.train import train_radiograph_lesion
+
+    setup_logging()
+    kwargs = {} if patients is None else {"n_patients": patients}
+    report = train_radiograph_lesion(out, seed=seed, device=device, **kwargs)  # type: ignore[arg-type]
+    typer.echo(json.dumps(report if isinstance(report, dict) else getattr(report, "__dict__", str(report)),
+                          indent=1, default=str))
+
+
+@app.command()
+def demo(
+    once: bool = typer.Option(False, "--once", help="Exit after the first study: 0 only if its results are in Orthanc."),
+    workdir: Path = typer.Option(Path("demo-output"), help="Where the demo keeps its data, logs and PNG."),
+) -> None:
+    """Start Orthanc, the FHIR engine with the demo patient and the node; have Orthanc send a study; show results."""
+    from node.demo import run_demo
+
+    setup_logging()
+    raise typer.Exit(run_demo(workdir, once=once))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,100 @@
+"""The node as an SCU towards the PACS: C-FIND for a study's instance count, C-STORE of result objects.
+
+Every association goes through pynetdicom; callers get plain values or a ``PacsError`` that says what failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+from node.config import PacsSettings
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses that mean "stored": success and the PS3.4 B.2.3 warnings (coercion, elements discarded).
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class PacsError(RuntimeError):
+    """The PACS could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    path: Path
+    ok: bool
+    detail: str
+
+
+def _ae(calling_ae: str, timeout: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
+
+
+def study_instance_count(pacs: PacsSettings, calling_ae: str, study_uid: str, timeout: float = 10.0) -> int | None:
+    """NumberOfStudyRelatedInstances the PACS reports for the study; None when it does not know the study."""
+    ae = _ae(calling_ae, timeout)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+    if not assoc.is_established:
+        raise PacsError(f"C-FIND: no association with {pacs.ae_title}@{pacs.host}:{pacs.port}")
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    query.NumberOfStudyRelatedInstances = None
+    counts: list[int] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if status is None:
+                raise PacsError("C-FIND: the PACS did not answer in time")
+            code = int(status.Status)
+            if code in (0xFF00, 0xFF01) and identifier is not None:
+                value = identifier.get("NumberOfStudyRelatedInstances")
+                if value not in (None, ""):
+                    counts.append(int(value))
+            elif code != 0x0000:
+                raise PacsError(f"C-FIND failed with status 0x{code:04X}")
+    finally:
+        assoc.release()
+    return max(counts) if counts else None
+
+
+def store_files(pacs: PacsSettings, calling_ae: str, paths: list[Path], timeout: float = 60.0) -> list[SendOutcome]:
+    """C-STORE each file over one association; per-file outcomes (an association failure raises PacsError)."""
+    sop_classes: dict[Path, str] = {}
+    for path in paths:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        sop_classes[path] = str(meta.SOPClassUID)
+    ae = _ae(calling_ae, timeout)
+    for sop_class in sorted(set(sop_classes.values())):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+    if not assoc.is_established:
+        raise PacsError(f"C-STORE: no association with {pacs.ae_title}@{pacs.host}:{pacs.port}")
+    outcomes: list[SendOutcome] = []
+    try:
+        for path in paths:
+            if not assoc.is_established:
+                outcomes.append(SendOutcome(path, False, "association lost"))
+                continue
+            status = assoc.send_c_store(dcmread(path))
+            if status is None or "Status" not in status:
+                outcomes.append(SendOutcome(path, False, "no response from the PACS"))
+                continue
+            code = int(status.Status)
+            outcomes.append(SendOutcome(path, code in _STORED, f"status 0x{code:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes

@@ -1,0 +1,174 @@
+"""The running node: listener, assembler, worker, outbox and status endpoints, wired from one Settings.
+
+Each loop runs in its own thread with its own Store; all state is in SQLite, so stopping (or killing) the
+process at any point and starting it again resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from typing import Any, Callable
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.assembler import Assembler
+from node.config import ConfigError, Settings
+from node.listener import ListenerDeps, Spool, start_listener
+from node.outbox import Outbox
+from node.pacs import study_instance_count
+from node.store import Store
+from node.web import start_web
+from node.worker import Worker
+from pipelines.base import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def default_loader(device: str) -> Callable[[str], Pipeline]:
+    from pipelines.registry import load_pipeline
+
+    return lambda name: load_pipeline(name, device=device)
+
+
+def default_version_of(name: str) -> str:
+    from pipelines.registry import pipeline_version
+
+    return pipeline_version(name)
+
+
+def check_routes(settings: Settings) -> None:
+    """Every routed pipeline must exist: fail at start-up, naming the key, rather than on the first study."""
+    from pipelines.registry import available_pipelines
+
+    known = available_pipelines()
+    for i, rule in enumerate(settings.routes):
+        if rule.pipeline not in known:
+            raise ConfigError(
+                f"route[{i}].pipeline = {rule.pipeline!r} is not an installed pipeline: use one of {', '.join(known)}"
+            )
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        load_pipeline: Callable[[str], Pipeline] | None = None,
+        version_of: Callable[[str], str] | None = None,
+        fhir_client: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.data_dir = settings.node.data_dir
+        self.db_path = self.data_dir / "node.db"
+        self.load_pipeline = load_pipeline or default_loader(settings.node.device)
+        self.version_of = version_of or default_version_of
+        self.fhir_client = fhir_client
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.listener: ThreadedAssociationServer | None = None
+        self.web: ThreadingHTTPServer | None = None
+        self.pipelines_ready = threading.Event()
+
+    def open_store(self) -> Store:
+        return Store(self.db_path)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self, preload: bool = True) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        store = self.open_store()
+        released = store.release_leases_of_dead_owners(self.owner)
+        if released:
+            log.info("resuming %d job(s) left running by a previous process", released)
+        store.close()
+        deps = ListenerDeps(spool=Spool(self.data_dir / "spool"), open_store=self.open_store)
+        self.listener = start_listener(self.settings.node, deps)
+        self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health)
+        self._spawn("assembler", self._assembler_loop)
+        self._spawn("worker", lambda: self._worker_loop(preload))
+        self._spawn("outbox", self._outbox_loop)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.listener is not None:
+            self.listener.shutdown()
+        if self.web is not None:
+            self.web.shutdown()
+            self.web.server_close()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def serve_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            log.info("stopping")
+        finally:
+            self.stop()
+
+    def health(self) -> dict[str, bool]:
+        alive = {t.name: t.is_alive() for t in self._threads}
+        try:
+            store = self.open_store()
+            store.counts()
+            store.close()
+            db_ok = True
+        except Exception:
+            db_ok = False
+        return {"database": db_ok, "listener": self.listener is not None, **alive,
+                "pipelines_loaded": self.pipelines_ready.is_set()}
+
+    # -- loops ----------------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    target()
+                    return
+                except Exception:
+                    log.exception("%s loop crashed; restarting it in 5 s", name)
+                    self._stop.wait(5.0)
+        return run
+
+    def _assembler_loop(self) -> None:
+        store = self.open_store()
+        pacs = self.settings.pacs
+        count = None
+        if pacs is not None:
+            ae_title = self.settings.node.ae_title
+            count = lambda uid: study_instance_count(pacs, ae_title, uid)  # noqa: E731
+        assembler = Assembler(store, self.settings, self.version_of, count)
+        while not self._stop.is_set():
+            assembler.tick()
+            self._stop.wait(self.settings.assembly.poll_seconds)
+
+    def _worker_loop(self, preload: bool) -> None:
+        store = self.open_store()
+        if preload:
+            for rule in self.settings.routes:
+                self.load_pipeline(rule.pipeline)  # model load before the first study, not during it
+        self.pipelines_ready.set()
+        worker = Worker(store, self.settings, self.load_pipeline, self.owner, self.fhir_client)
+        while not self._stop.is_set():
+            if not worker.run_once():
+                self._stop.wait(0.2)
+
+    def _outbox_loop(self) -> None:
+        store = self.open_store()
+        outbox = Outbox(store, self.settings.pacs, self.settings.outbox, self.settings.node.ae_title)
+        while not self._stop.is_set():
+            if outbox.run_once() == 0:
+                self._stop.wait(0.5)

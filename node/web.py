@@ -1,0 +1,117 @@
+"""The status endpoints on ``http_port``: /healthz, /metrics (Prometheus) and /api/studies (JSON).
+
+Read-only and served from the standard library's threading HTTP server; every request opens its own Store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], dict[str, bool]]
+
+
+def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
+    """Studies with their jobs, without patient identifiers (the API is for operations, not for reading)."""
+    out: list[dict[str, Any]] = []
+    for s in store.studies(limit):
+        jobs = [
+            {
+                "pipeline": j["pipeline"], "pipeline_version": j["pipeline_version"], "state": j["state"],
+                "attempts": j["attempts"], "n_findings": j["n_findings"], "fhir_status": j["fhir_status"],
+                "inputs_missing": [x for x in (j["inputs_missing"] or "").split(",") if x],
+                "sr_sop_instance_uid": j["sr_sop_uid"], "timings": json.loads(j["timings"] or "{}"),
+                "error": j["error"],
+            }
+            for j in store.jobs(s["study_uid"])
+        ]
+        out.append(
+            {
+                "study_uid": s["study_uid"], "status": s["state"], "instances": s["instance_count"],
+                "expected_instances": s["expected_count"], "completed_reason": s["completed_reason"],
+                "first_received_at": s["first_received_at"], "last_received_at": s["last_received_at"],
+                "jobs": jobs,
+            }
+        )
+    return out
+
+
+class _StoreCollector:
+    """Reads the database at scrape time, so the numbers are right after a restart too."""
+
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self.open_store = open_store
+
+    def collect(self) -> Iterator[Any]:
+        store = self.open_store()
+        try:
+            counts = store.counts()
+            timings = [json.loads(j["timings"] or "{}") for j in store.jobs() if j["timings"]]
+        finally:
+            store.close()
+        for table, name in (("studies", "studies"), ("jobs", "jobs"), ("outbox", "outbox_items")):
+            g = GaugeMetricFamily(f"ainode_{name}", f"{table} by state", labels=["state"])
+            for state, n in sorted(counts[table].items()):
+                g.add_metric([state], n)
+            yield g
+        yield GaugeMetricFamily("ainode_instances", "instances stored", value=counts["instances"]["total"])
+        buckets = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
+        for stage in ("fhir_s", "inference_s", "results_s", "total_s"):
+            values = [float(t[stage]) for t in timings if stage in t]
+            cumulative = [(str(b), sum(v <= b for v in values)) for b in buckets] + [("+Inf", len(values))]
+            yield HistogramMetricFamily(
+                f"ainode_job_{stage[:-2]}_seconds", f"per-job {stage[:-2]} time",
+                buckets=cumulative, sum_value=sum(values),
+            )
+
+
+def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck) -> ThreadingHTTPServer:
+    registry = CollectorRegistry()
+    registry.register(_StoreCollector(open_store))  # type: ignore[arg-type]
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, payload: Any) -> None:
+            self._send(code, json.dumps(payload, indent=1).encode(), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                checks = health()
+                self._json(200 if all(checks.values()) else 503, {"ok": all(checks.values()), "checks": checks})
+            elif path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/api/studies":
+                store = open_store()
+                try:
+                    self._json(200, study_summaries(store))
+                finally:
+                    store.close()
+            else:
+                self._json(404, {"error": f"no such endpoint {path}; try /healthz, /metrics, /api/studies"})
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("http: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("status endpoints on http://%s:%d (/healthz, /metrics, /api/studies)", host, server.server_address[1])
+    return server
