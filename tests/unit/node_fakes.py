@@ -1,0 +1,118 @@
+"""Builders shared by the node's unit tests: settings on a temp dir, small CR datasets, a fake pipeline.
+
+The fake pipeline is a real implementation of the Pipeline protocol with a fixed rule (a box on every image
+whose mean is bright enough), so worker tests do not load torch; the real pipeline has its own tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
+
+from node.config import Settings, parse_settings
+from node.localpeers.orthanc import free_port
+from pipelines.base import (
+    ClinicalContext, CodedClass, Finding, LabRequirement, PipelineRequirements, PipelineResult, PixelBox,
+    SeriesFilter, StudyInput, missing_inputs,
+)
+
+
+def uid(*parts: object) -> str:
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(map(str, parts))).int}"
+
+
+def settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    raw: dict[str, Any] = {"node": {"data_dir": str(tmp_path / "data"), "port": free_port(), "http_port": free_port()}}
+    for name, table in sections.items():
+        raw[name] = {**raw.get(name, {}), **table}
+    return parse_settings(raw, base_dir=tmp_path)
+
+
+def cr_dataset(study: str, n: int, *, modality: str = "CR", size: int = 64, patient_id: str = "SYN-0001") -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uid(study, "sop", n)
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = uid(study, "sop", n)
+    ds.StudyInstanceUID = uid(study)
+    ds.SeriesInstanceUID = uid(study, "series")
+    ds.PatientID = patient_id
+    ds.PatientName = "Synthetic^Patient"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.PatientAge = "055Y"
+    ds.StudyDate = "20260110"
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = "ACC1"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = n
+    ds.Modality = modality
+    ds.BodyPartExamined = "FEMUR"
+    ds.SeriesDescription = "FEMUR AP"
+    ds.Manufacturer = "synthetic"
+    ds.PatientOrientation = ["L", "F"]
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    pixels = np.full((size, size), 400, dtype=np.uint16)
+    pixels[size // 4: size // 2, size // 4: size // 2] = 3000
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_cr(path: Path, ds: Dataset) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+BRIGHT = CodedClass("C-BRIGHT", "99TEST", "Bright region")
+
+
+class FakePipeline:
+    """Finds the bright square cr_dataset draws; needs one lab and notes, so missing inputs are visible."""
+
+    name = "fake-bright"
+    version = "1.0"
+    requirements = PipelineRequirements(
+        modalities=("CR",), series_filter=SeriesFilter(), labs=(LabRequirement("1988-5", "CRP", "mg/L"),),
+        reads_notes=True, dimensionality=2,
+    )
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        self.runs += 1
+        missing = missing_inputs(self.requirements, context)
+        findings = []
+        for ref in study.instances:
+            ds = dcmread(ref.path)
+            n = int(ds.Rows)
+            findings.append(
+                Finding(
+                    tracking_uid=uid(ref.sop_instance_uid, "finding"), tracking_id="lesion 1", class_code=BRIGHT,
+                    probability=0.8, class_probabilities={"Bright region": 0.8, "Dark region": 0.2},
+                    detection_score=0.9, sop_instance_uid=ref.sop_instance_uid, sop_class_uid=ref.sop_class_uid,
+                    frame_number=1, box=PixelBox(n / 4, n / 4, n / 2, n / 2), inputs_used=("image",),
+                    inputs_missing=missing,
+                )
+            )
+        return PipelineResult(
+            pipeline_name=self.name, pipeline_version=self.version, findings=tuple(findings),
+            images_analysed=tuple(r.sop_instance_uid for r in study.instances), detection_threshold=0.5,
+            inputs_missing=missing, fhir_status=context.fhir_status, device="cpu",
+        )

@@ -1,0 +1,85 @@
+"""Assembler and router: completion by PACS count, by quiet timer, by manual trigger; routing by TOML rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.assembler import Assembler
+from node.config import RouteRule
+from node.router import instances_for, pipelines_for
+from node.store import Store
+from test_store import inst
+
+from node_fakes import settings
+
+
+def make(tmp_path: Path, count: int | None | Exception, quiet: float = 10.0) -> tuple[Store, Assembler, list[str]]:
+    store = Store(tmp_path / "db")
+    asked: list[str] = []
+
+    def count_in_pacs(study_uid: str) -> int | None:
+        asked.append(study_uid)
+        if isinstance(count, Exception):
+            raise count
+        return count
+
+    s = settings(tmp_path, assembly={"quiet_seconds": quiet})
+    return store, Assembler(store, s, lambda name: "1.0", count_in_pacs), asked
+
+
+def test_complete_when_pacs_count_reached(tmp_path: Path) -> None:
+    store, assembler, asked = make(tmp_path, count=2)
+    store.index_instance(inst("1.1"), now=100.0)
+    assert assembler.tick(now=100.5) == []
+    store.index_instance(inst("1.2"), now=101.0)
+    assert assembler.tick(now=101.1) == ["1.2.3"]
+    assert asked == ["1.2.3"], "the PACS count is asked once and remembered"
+    study = store.study("1.2.3")
+    assert study is not None and study["state"] == "processing" and "reached" in study["completed_reason"]
+    assert [j["pipeline"] for j in store.jobs("1.2.3")] == ["radiograph-lesion"]
+
+
+def test_quiet_timer_when_pacs_does_not_know_the_study(tmp_path: Path) -> None:
+    store, assembler, _ = make(tmp_path, count=None, quiet=2.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    assert assembler.tick(now=101.9) == []
+    assert assembler.tick(now=102.1) == ["1.2.3"]
+
+
+def test_pacs_outage_falls_back_to_quiet_timer(tmp_path: Path) -> None:
+    store, assembler, _ = make(tmp_path, count=ConnectionError("refused"), quiet=2.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    assert assembler.tick(now=102.5) == ["1.2.3"]
+
+
+def test_manual_trigger_completes_at_once(tmp_path: Path) -> None:
+    store, assembler, _ = make(tmp_path, count=None, quiet=3600.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    assert assembler.tick(now=101.0) == []
+    assert store.request_processing("1.2.3")
+    assert assembler.tick(now=101.5) == ["1.2.3"]
+    assert not store.request_processing("9.9.9")
+
+
+def test_unrouted_study_is_recorded_as_no_pipeline(tmp_path: Path) -> None:
+    store, assembler, _ = make(tmp_path, count=None, quiet=1.0)
+    store.index_instance(inst("1.1").__class__(**{**inst("1.1").__dict__, "modality": "MR"}), now=100.0)
+    assert assembler.tick(now=102.0) == ["1.2.3"]
+    assert store.study("1.2.3")["state"] == "no-pipeline"  # type: ignore[index]
+    assert store.jobs("1.2.3") == []
+
+
+def test_rules_match_on_every_pattern_and_select_instances() -> None:
+    routes = (
+        RouteRule("bone", {"Modality": "^(CR|DX)$", "BodyPartExamined": "(?i)femur"}),
+        RouteRule("chest", {"Modality": "^CR$", "SeriesDescription": "(?i)chest"}),
+    )
+    rows = [
+        {"modality": "CR", "body_part": "FEMUR", "series_description": "FEMUR AP", "sop_class_uid": "1"},
+        {"modality": "CR", "body_part": "CHEST", "series_description": "Chest PA", "sop_class_uid": "1"},
+        {"modality": "SR", "body_part": "", "series_description": "report", "sop_class_uid": "2"},
+    ]
+    assert pipelines_for(rows, routes) == ["bone", "chest"]
+    assert instances_for("bone", rows, routes) == [rows[0]]
+    assert instances_for("chest", rows, routes) == [rows[1]]
+    assert pipelines_for(rows[2:], routes) == []

@@ -1,0 +1,62 @@
+"""Outbox: items leave 'pending' only on a stored status; failures back off exponentially, then dead-letter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.config import OutboxSettings, PacsSettings
+from node.outbox import Outbox, backoff
+from node.pacs import PacsError, SendOutcome
+from node.store import Store
+from test_store import inst
+
+PACS = PacsSettings("ORTHANC", "127.0.0.1", 4242)
+
+
+def queued(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "db")
+    store.index_instance(inst("1.1"), now=1.0)
+    store.complete_study("1.2.3", "quiet", [("p", "1")], now=2.0)
+    job = store.claim_job("w", 60, now=3.0)
+    assert job is not None
+    store.finish_job_with_results(
+        job["job_id"], [("9.1", "sr", "/r/sr.dcm"), ("9.2", "sc", "/r/sc-1.dcm")], "pacs",
+        {"timings": {}, "fhir_status": "ok", "n_findings": 1, "inputs_missing": [], "sr_sop_uid": "9.1"}, now=4.0,
+    )
+    return store
+
+
+def test_backoff_doubles_and_caps() -> None:
+    s = OutboxSettings(max_attempts=8, backoff_seconds=2.0, backoff_max_seconds=10.0)
+    assert [backoff(s, n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 10.0]
+
+
+def test_partial_failure_keeps_the_failed_item_pending(tmp_path: Path) -> None:
+    store = queued(tmp_path)
+
+    def sender(pacs: PacsSettings, ae: str, paths: list[Path]) -> list[SendOutcome]:
+        return [SendOutcome(p, p.name == "sr.dcm", "status 0x0000" if p.name == "sr.dcm" else "status 0xA700")
+                for p in paths]
+
+    outbox = Outbox(store, PACS, OutboxSettings(), "AINODE", sender)
+    assert outbox.run_once() == 2
+    states = {i["sop_instance_uid"]: i["state"] for i in store.outbox_items()}
+    assert states == {"9.1": "sent", "9.2": "pending"}
+    assert store.due_outbox() == [], "the failed item waits for its backoff"
+    assert store.study("1.2.3")["state"] == "processing"  # type: ignore[index]
+
+
+def test_unreachable_pacs_dead_letters_after_max_attempts(tmp_path: Path) -> None:
+    store = queued(tmp_path)
+    calls: list[int] = []
+
+    def down(pacs: PacsSettings, ae: str, paths: list[Path]) -> list[SendOutcome]:
+        calls.append(len(paths))
+        raise PacsError("C-STORE: no association")
+
+    outbox = Outbox(store, PACS, OutboxSettings(max_attempts=3, backoff_seconds=0.0), "AINODE", down)
+    for _ in range(5):
+        outbox.run_once(now=1e12)
+    assert calls == [2, 2, 2]
+    assert {i["state"] for i in store.outbox_items()} == {"dead"}
+    assert store.study("1.2.3")["state"] == "failed"  # type: ignore[index]
