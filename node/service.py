@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -85,6 +86,7 @@ class Node:
         released = store.release_leases_of_dead_owners(self.owner)
         if released:
             log.info("resuming %d job(s) left running by a previous process", released)
+        self._reconcile_spool(store)
         store.close()
         deps = ListenerDeps(spool=Spool(self.data_dir / "spool"), open_store=self.open_store)
         self.listener = start_listener(self.settings.node, deps)
@@ -92,6 +94,16 @@ class Node:
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         self._spawn("outbox", self._outbox_loop)
+
+    def _reconcile_spool(self, store: Store) -> None:
+        """Temp files are writes that were never acknowledged (the sender still has them): remove them.
+        An indexed instance whose file is gone cannot be processed: say so loudly, once."""
+        spool = self.data_dir / "spool"
+        for tmp in spool.glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        missing = [r for r in store.db.query("SELECT path FROM instances") if not os.path.exists(r["path"])]
+        if missing:
+            log.error("%d indexed instance(s) have no spool file (was data_dir moved or cleaned?)", len(missing))
 
     def stop(self) -> None:
         self._stop.set()
@@ -104,6 +116,8 @@ class Node:
             t.join(timeout=30)
 
     def serve_forever(self) -> None:
+        # SIGTERM only sets the flag: the worker finishes its current job (or its lease expires) before exit.
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: self._stop.set())
         self.start()
         try:
             while not self._stop.wait(1.0):

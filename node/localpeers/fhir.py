@@ -44,6 +44,7 @@ class FhirEngine:
         self.proc: subprocess.Popen[str] | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_thread: threading.Thread | None = None
+        self._stdout_thread: threading.Thread | None = None
 
     def start(self, timeout: float = 60.0) -> "FhirEngine":
         args = [str(self.node_bin), str(SERVER_SCRIPT), "--port", "0", "--host", "127.0.0.1"]
@@ -58,9 +59,9 @@ class FhirEngine:
         self._stderr_thread.start()
         found: list[str] = []
         # readline() blocks, so the listening line is awaited on a thread and the deadline kept here.
-        reader = threading.Thread(target=self._await_listening, args=(self.proc.stdout, found), daemon=True)
-        reader.start()
-        reader.join(timeout)
+        self._stdout_thread = threading.Thread(target=self._await_listening, args=(self.proc.stdout, found), daemon=True)
+        self._stdout_thread.start()
+        self._stdout_thread.join(timeout)
         if not found:
             self.stop()
             why = "exited" if self.proc.returncode is not None else f"did not start within {timeout:.0f} s"
@@ -100,7 +101,7 @@ class FhirEngine:
 
     def post_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
         """POST a transaction or batch Bundle to the base URL; returns the response Bundle."""
-        if not self.base_url:
+        if self.proc is None or self.proc.poll() is not None:
             raise FhirEngineError("FHIR engine is not running: use it as a context manager or call start()")
         response = httpx.post(
             self.base_url + "/",
@@ -124,11 +125,14 @@ class FhirEngine:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # The pipes reach EOF once the process is gone; let the reader threads finish before closing them.
+        for thread in (self._stdout_thread, self._stderr_thread):
+            if thread is not None:
+                thread.join(timeout=2.0)
         if self.proc is not None:
             for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
+                if stream is not None and not stream.closed:
                     stream.close()
-        self.base_url = ""
 
     def __enter__(self) -> "FhirEngine":
         return self.start()

@@ -1,0 +1,72 @@
+"""The MODEL_CARD.md text of a trained radiograph-lesion bundle, rendered from its config.json content.
+
+Kept apart from the training loop so the card's wording can be read and reviewed on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """Markdown model card: intended use, data, exact command, metrics on the synthetic validation split, limits."""
+    training = config["training"]
+    metrics = config["metrics"]
+    det, cls = metrics["detection"], metrics["classification"]
+    command = (
+        f"python -m pipelines.train pipelines/bundles/radiograph-lesion --n-patients {training['n_patients']} "
+        f"--seed {training['seed']} --epochs-detector {training['epochs_detector']} "
+        f"--epochs-classifier {training['epochs_classifier']} --device cpu --threads 2"
+    )
+    classes = "\n".join(
+        f"- `{c['label']}` -> ({c['value']}, {c['scheme_designator']}, \"{c['meaning']}\")" for c in config["classes"]
+    )
+    return f"""# radiograph-lesion {config['version']}
+
+## Intended use
+Demonstration and automated tests of the DICOM AI node only. **Not for clinical use**: it has never seen a real
+patient's image, lab value or note, and its outputs mean nothing about real lesions.
+
+## What it is
+Two stages mirroring the bone-tumour design (detector on radiographs, then image + blood biomarkers + text fused
+into benign / intermediate / malignant):
+1. MONAI RetinaNet (2D, small ResNet {config['detector']['block_inplanes']} with an FPN of
+   {config['detector']['fpn_channels']} channels) on a {config['input_size']}x{config['input_size']} input;
+   fixed detection threshold {config['detection_threshold']} chosen on the validation split (best F1).
+2. Per-lesion fusion head: {config['fusion']['crop_size']}x{config['fusion']['crop_size']} crop -> small MONAI
+   ResNet embedding; labs (LOINC {', '.join(config['fusion']['lab_loincs'])}, ln-value z-scores + missing flags);
+   note -> frozen all-MiniLM-L6-v2 embedding (+ missing flag); MLP -> softmax over 3 classes.
+
+Classes:
+{classes}
+
+## Training data
+The project's synthetic cohort (`pipelines/cohort.py`, seed {training['seed']}, {training['n_patients']} patients,
+one CR image each; 80/20 patient split). Trained by `dicom-ai-node train` (which calls
+`pipelines.train.train_radiograph_lesion`); this bundle was produced with:
+
+    {command}
+
+on {training['device']} (torch {training['torch']}, MONAI {training['monai']}, Python {training['python']}).
+Seconds: {json.dumps(training['seconds'])}.
+
+## Metrics (synthetic validation split, {metrics['split']['val_patients']} patients, \
+{metrics['split']['val_lesions']} lesions)
+- Detection at threshold {det['threshold']} (match IoU >= {det['match_iou']}): recall {det['recall']},
+  precision {det['precision']}, F1 {det['f1']}, recall at IoU >= 0.5 {det['recall_iou_0_5']},
+  false positives per image {det['false_positives_per_image']}.
+- Classification on ground-truth boxes: accuracy {cls['accuracy']} with labs and notes;
+  {cls['accuracy_image_only']} with labs and notes withheld (image only).
+- Per-class recall: {json.dumps(cls['per_class_recall'])}; validation counts:
+  {json.dumps(cls['per_class_counts_val'])}.
+
+No confidence intervals: a single split of a synthetic cohort; these numbers only show that the code trains.
+
+## Limitations
+- Synthetic phantoms: a tube-like bone with painted lesions. Real radiographs (e.g. pydicom-data's RG3_UNCR)
+  run through the pipeline but any finding there is meaningless.
+- Labs and notes are generated from the same label as the image, so the fusion gain is built in, not discovered.
+- Weights are stored as float16; metrics above were computed with the float16-rounded weights.
+- Lab units are assumed to be the requirement's units; values in other units are treated as missing.
+"""

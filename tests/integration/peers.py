@@ -1,0 +1,124 @@
+"""Helpers for the integration tests: the node as a real process (so it can be killed), dcmtk commands,
+and waiting for results to appear in Orthanc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from pydicom import Dataset, dcmread
+
+from node.localpeers.orthanc import Orthanc, free_port
+
+TOOL_ENV = {**os.environ, "TCP_NODELAY": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class NodeProcess:
+    """``dicom-ai-node serve`` in a subprocess, configured against the given peers."""
+
+    def __init__(self, workdir: Path, pacs: Orthanc | None, fhir_url: str | None, quiet_seconds: float = 2.0) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.http_port = free_port()
+        self.ae_title = "AINODE"
+        workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[node]", f'ae_title = "{self.ae_title}"', 'host = "127.0.0.1"', f"port = {self.port}",
+            f'data_dir = "{workdir / "data"}"', f"http_port = {self.http_port}",
+            "[assembly]", f"quiet_seconds = {quiet_seconds}",
+        ]
+        if pacs is not None:
+            lines += ["[pacs]", f'ae_title = "{pacs.ae_title}"', 'host = "127.0.0.1"', f"port = {pacs.dicom_port}"]
+            pacs.add_modality("ainode", self.ae_title, "127.0.0.1", self.port)
+        if fhir_url is not None:
+            lines += ["[fhir]", f'base_url = "{fhir_url}"',
+                      'patient_identifier_system = "urn:dicom-ai-node:synthetic-mrn"', "timeout_seconds = 3"]
+        self.config = workdir / "node.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "node.log"
+
+    def start(self, timeout: float = 180.0) -> "NodeProcess":
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, env=TOOL_ENV,
+        )
+        wait_for(self._ready, timeout, f"the node to be ready (log: {self.log})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"node exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2)
+        except httpx.TransportError:
+            return False
+        return r.status_code == 200
+
+    def api_studies(self) -> list[dict[str, Any]]:
+        return list(httpx.get(f"http://127.0.0.1:{self.http_port}/api/studies", timeout=5).json())
+
+    def study_status(self, study_uid: str) -> str | None:
+        for s in self.api_studies():
+            if s["study_uid"] == study_uid:
+                return str(s["status"])
+        return None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def storescu(port: int, files: list[Path], ae_title: str = "AINODE") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["storescu", "-aet", "MODALITY", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, env=TOOL_ENV, timeout=120,
+    )
+
+
+def echoscu(port: int, ae_title: str = "AINODE") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["echoscu", "-aet", "MODALITY", "-aec", ae_title, "127.0.0.1", str(port)],
+        capture_output=True, text=True, env=TOOL_ENV, timeout=60,
+    )
+
+
+def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[Dataset]]:
+    """The node's SR and SC objects in the study as Orthanc holds them, read back from Orthanc."""
+    out: dict[str, list[Dataset]] = {"SR": [], "SC": []}
+    for inst in pacs.study_instances(study_uid):
+        if inst.get("Modality") == "SR" or inst.get("SOPClassUID", "").startswith("1.2.840.10008.5.1.4.1.1.7"):
+            ds = dcmread(BytesIO(pacs.instance_file(inst["ID"])))
+            if ds.get("Manufacturer") == "dicom-ai-node":
+                out["SR" if ds.Modality == "SR" else "SC"].append(ds)
+    return out
