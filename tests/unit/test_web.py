@@ -1,0 +1,38 @@
+"""Status endpoints: /healthz follows the checks, /metrics is Prometheus text from the database,
+/api/studies lists studies with study_uid and status and never a patient identifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from node.localpeers.orthanc import free_port
+from node.store import Store
+from node.web import start_web
+from test_store import inst
+
+
+def test_endpoints(tmp_path: Path) -> None:
+    db = tmp_path / "node.db"
+    store = Store(db)
+    store.index_instance(inst("1.1"), now=1.0)
+    store.complete_study("1.2.3", "quiet", [("p", "1")], now=2.0)
+    checks = {"database": True, "worker": False}
+    port = free_port()
+    server = start_web("127.0.0.1", port, lambda: Store(db), lambda: dict(checks))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/healthz").status_code == 503
+        checks["worker"] = True
+        assert httpx.get(f"{base}/healthz").json() == {"ok": True, "checks": checks}
+        studies = httpx.get(f"{base}/api/studies").json()
+        assert studies[0]["study_uid"] == "1.2.3" and studies[0]["status"] == "processing"
+        assert studies[0]["jobs"][0]["state"] == "queued"
+        assert "SYN-1" not in httpx.get(f"{base}/api/studies").text
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'ainode_jobs{state="queued"} 1.0' in metrics
+        assert "ainode_job_inference_seconds_bucket" in metrics
+        assert httpx.get(f"{base}/nope").status_code == 404
+    finally:
+        server.shutdown()

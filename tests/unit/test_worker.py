@@ -1,0 +1,110 @@
+"""Worker: a claimed job becomes an SR + SCs on disk and outbox items, with timings; a replay after a crash
+yields byte-identical UIDs (so the PACS keeps one copy); a failing pipeline is retried, then failed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from node.config import RouteRule
+from node.results.sr import read_findings
+from node.store import IndexedInstance, Store
+from node.worker import MAX_ATTEMPTS, Worker
+from pipelines.base import ClinicalContext, PipelineResult, StudyInput
+
+from node_fakes import FakePipeline, cr_dataset, settings, write_cr
+
+
+def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True) -> tuple[Store, object, str]:
+    extra = {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}} if with_pacs else {}
+    s = settings(tmp_path, **extra)
+    s = s.__class__(**{**s.__dict__, "routes": (RouteRule("fake-bright", {"Modality": "^CR$"}),)})
+    store = Store(s.node.data_dir / "node.db")
+    study_uid = ""
+    for n in range(1, n_images + 1):
+        ds = cr_dataset("study-w", n)
+        study_uid = str(ds.StudyInstanceUID)
+        path = write_cr(tmp_path / f"{n}.dcm", ds)
+        store.index_instance(IndexedInstance(
+            sop_instance_uid=str(ds.SOPInstanceUID), study_uid=study_uid, series_uid=str(ds.SeriesInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID), modality="CR", body_part="FEMUR", series_description="FEMUR AP",
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID), path=str(path), size=path.stat().st_size,
+            calling_ae="SCU", patient_id="SYN-0001", patient_age=55.0, patient_sex="F", study_date="20260110",
+        ))
+    store.complete_study(study_uid, "test", [("fake-bright", "1.0")])
+    return store, s, study_uid
+
+
+def test_job_writes_sr_and_sc_and_queues_them(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path)
+    pipeline = FakePipeline()
+    worker = Worker(store, s, lambda name: pipeline, owner="w")  # type: ignore[arg-type]
+    assert worker.run_once()
+    assert not worker.run_once(), "the queue should be empty"
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "sending" and job["n_findings"] == 2 and job["fhir_status"] == "unreachable"
+    assert set(json.loads(job["timings"])) >= {"fhir_s", "inference_s", "results_s", "total_s"}
+    items = store.outbox_items()
+    assert [i["state"] for i in items] == ["pending"] * 3
+    kinds = sorted(dcmread(i["path"]).Modality for i in items)
+    assert kinds[-1] == "SR" and len(kinds) == 3
+    sr = dcmread([i["path"] for i in items if dcmread(i["path"]).Modality == "SR"][0])
+    summary = read_findings(sr)
+    assert len(summary.findings) == 2 and {"labs", "notes"} <= set(summary.inputs_missing)
+    assert sr.StudyInstanceUID == study_uid
+    assert Path(items[1]["path"]).with_suffix(".png").exists()
+
+
+def test_replay_after_crash_reuses_every_uid(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path)
+    worker = Worker(store, s, lambda name: FakePipeline(), owner="w1")  # type: ignore[arg-type]
+    worker.run_once()
+    first = sorted(r["sop_instance_uid"] for r in store.db.query("SELECT * FROM results"))
+    # the worker died before delivery was recorded: the study is processed again from scratch
+    store.db.execute("UPDATE jobs SET state = 'queued'")
+    Worker(store, s, lambda name: FakePipeline(), owner="w2").run_once()  # type: ignore[arg-type]
+    second = sorted(r["sop_instance_uid"] for r in store.db.query("SELECT * FROM results"))
+    assert first == second and len(first) == 3
+    assert len(store.outbox_items()) == 3
+
+
+def test_without_pacs_results_stay_local_and_job_is_done(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path, n_images=1, with_pacs=False)
+    Worker(store, s, lambda name: FakePipeline(), owner="w").run_once()  # type: ignore[arg-type]
+    assert store.jobs(study_uid)[0]["state"] == "sent"
+    assert store.outbox_items() == []
+
+
+class Broken(FakePipeline):
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_failing_pipeline_is_retried_then_failed(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path, n_images=1)
+    worker = Worker(store, s, lambda name: Broken(), owner="w")  # type: ignore[arg-type]
+    for _ in range(MAX_ATTEMPTS):
+        assert worker.run_once()
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "failed" and "out of memory" in job["error"]
+    assert store.study(study_uid)["state"] == "failed"  # type: ignore[index]
+    assert not worker.run_once()
+
+
+@pytest.mark.parametrize("n_images", [1])
+def test_nothing_found_gives_sr_without_sc(tmp_path: Path, n_images: int) -> None:
+    class Blind(FakePipeline):
+        def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+            r = super().run(study, context)
+            return PipelineResult(**{**r.__dict__, "findings": ()})
+
+    store, s, study_uid = received(tmp_path, n_images=n_images)
+    Worker(store, s, lambda name: Blind(), owner="w").run_once()  # type: ignore[arg-type]
+    items = store.outbox_items()
+    assert len(items) == 1
+    summary = read_findings(dcmread(items[0]["path"]))
+    assert summary.nothing_found and summary.findings == ()
