@@ -83,7 +83,7 @@ class _Session:
 
     def get(self, url: str, params: list[tuple[str, str]] | None, what: str) -> httpx.Response:
         try:
-            query = httpx.QueryParams(params) if params is not None else None
+            query = tuple(params) if params is not None else None  # tuple: covariant, as httpx.get types it
             response = self.client.get(url, params=query, headers={"Accept": FHIR_JSON}, timeout=self.timeout)
         except httpx.TimeoutException as exc:
             raise _Unreachable(f"{what}: no answer within {self.timeout:g} s ({type(exc).__name__})") from exc

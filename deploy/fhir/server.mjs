@@ -3,7 +3,9 @@
 //
 //   node server.mjs [--port N] [--host 127.0.0.1] [--load bundle.json]
 //
-// Prints "FHIR engine listening on http://HOST:PORT/fhir/R4" once it accepts connections.
+// Prints "FHIR engine listening on http://HOST:PORT/fhir/R4" once it accepts connections (--port 0: a free port).
+// Transaction and batch Bundles (POST to the base) go to the router as they are: its BatchProcessor rewrites
+// urn:uuid references against MemoryRepository too (checked with 5.2.13), so the wrapper does not resolve them.
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
@@ -16,7 +18,7 @@ const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 const { values: args } = parseArgs({
   options: {
-    port: { type: 'string', default: '8103' },
+    port: { type: 'string', default: '8103' }, // Medplum's usual port
     host: { type: 'string', default: '127.0.0.1' },
     load: { type: 'string' },
   },
@@ -133,4 +135,10 @@ server.listen(Number(args.port), args.host, () => {
   const host = args.host.includes(':') ? `[${args.host}]` : args.host;
   console.log(`FHIR engine listening on http://${host}:${port}${BASE}`);
 });
-for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => server.close(() => process.exit(0)));
+// Idle keep-alive connections would hold close() open for seconds; this server keeps no state worth draining.
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+  });
+}

@@ -58,10 +58,13 @@ class FhirEngine:
         self._stderr_thread = threading.Thread(target=self._drain, args=(self.proc.stderr, self._stderr), daemon=True)
         self._stderr_thread.start()
         found: list[str] = []
+        listening = threading.Event()
         # readline() blocks, so the listening line is awaited on a thread and the deadline kept here.
-        self._stdout_thread = threading.Thread(target=self._await_listening, args=(self.proc.stdout, found), daemon=True)
+        self._stdout_thread = threading.Thread(
+            target=self._await_listening, args=(self.proc.stdout, found, listening), daemon=True
+        )
         self._stdout_thread.start()
-        self._stdout_thread.join(timeout)
+        listening.wait(timeout)
         if not found:
             self.stop()
             why = "exited" if self.proc.returncode is not None else f"did not start within {timeout:.0f} s"
@@ -79,12 +82,13 @@ class FhirEngine:
         raise FhirEngineError(f"FHIR engine at {self.base_url} did not answer /healthz within {timeout:.0f} s: {self.stderr_tail()}")
 
     @staticmethod
-    def _await_listening(stream: IO[str], found: list[str]) -> None:
+    def _await_listening(stream: IO[str], found: list[str], listening: threading.Event) -> None:
         for line in stream:
             match = _LISTENING_RE.match(line.strip())
             if match:
                 found.append(match.group(1))
                 break
+        listening.set()  # also at EOF: the process exited without listening
         # Keep draining so the server never blocks on a full stdout pipe.
         for _ in stream:
             pass
