@@ -9,7 +9,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -108,18 +107,22 @@ def list_pipelines() -> None:
 @app.command()
 def train(
     out: Path = typer.Option(Path("pipelines/bundles/radiograph-lesion"), help="Bundle directory to write."),
-    patients: Optional[int] = typer.Option(None, help="Synthetic cohort size (default: the shipped bundle's)."),
+    n_patients: int = typer.Option(480, help="Synthetic cohort size."),
     seed: int = typer.Option(0, help="Seed of the cohort and of training."),
+    epochs_detector: int = typer.Option(24, help="Detector (stage 1) epochs."),
+    epochs_classifier: int = typer.Option(20, help="Fusion classifier (stage 2) epochs."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """Train radiograph-lesion on the project's synthetic cohort and write a bundle with its model card."""
+    """Train radiograph-lesion on the project's synthetic cohort; write weights, config and model card."""
+    import torch
+
     from pipelines.train import train_radiograph_lesion
 
     setup_logging()
-    kwargs = {} if patients is None else {"n_patients": patients}
-    report = train_radiograph_lesion(out, seed=seed, device=device, **kwargs)  # type: ignore[arg-type]
-    typer.echo(json.dumps(report if isinstance(report, dict) else getattr(report, "__dict__", str(report)),
-                          indent=1, default=str))
+    torch.set_num_threads(threads)
+    report = train_radiograph_lesion(out, n_patients, seed, epochs_detector, epochs_classifier, device)
+    typer.echo(json.dumps({"metrics": report.metrics, "seconds": report.seconds}, indent=1, default=str))
 
 
 @app.command()

@@ -14,6 +14,8 @@ How a case is made (all draws from ``numpy.random.default_rng([seed, index])``, 
   is medium (18-28 px), expansile, lucent with thin septa and a thin rim; *malignant* is large (30-45 px),
   ill defined, permeative (mottled lucency with a wide transition zone) with a soft-tissue mass and spicules.
   A patient has a primary label; extra lesions share it or are less aggressive. The box is the lesion's extent.
+  A quarter of lesions are *atypical*: drawn with a neighbouring label's look (benign <-> intermediate <->
+  malignant) while keeping their label, so the image alone cannot classify every lesion.
 * Labs (per patient, driven by the worst label): alkaline phosphatase (LOINC 6768-6, U/L), LDH (2532-0, U/L),
   calcium (17861-6, mg/dL), CRP (1988-5, mg/L); each missing with probability 0.2. Distributions overlap.
 * Note: a short text whose wording depends on the worst label; 15 % of notes borrow a sentence from another
@@ -149,7 +151,8 @@ def generate_case(seed: int, index: int, n_images: int = 1, min_lesions: int = 0
     age = int(rng.integers(12, 80))
     study_year = 2025
     demographics = Demographics(
-        patient_id=f"SYN-{index + 1:04d}",
+        # Unique across cohorts (seeds) too, so demo patients of different seeds can share one FHIR server.
+        patient_id=f"SYN-{seed:03d}-{index + 1:04d}",
         family_name=f"Synthetic{FAMILY[int(rng.integers(0, len(FAMILY)))]}",
         given_name=GIVEN[int(rng.integers(0, len(GIVEN)))],
         birth_date=f"{study_year - age}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",

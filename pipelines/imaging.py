@@ -52,7 +52,7 @@ def normalise(ds: Dataset, frame: int = 1) -> np.ndarray:
 
 def resize(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Area-preserving resize of a float image (PIL bilinear with antialias, deterministic)."""
-    resized = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F").resize((cols, rows), Image.BILINEAR)
+    resized = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F").resize((cols, rows), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.float32)
 
 

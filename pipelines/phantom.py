@@ -12,6 +12,7 @@ from scipy import ndimage
 
 LABELS: tuple[str, ...] = ("benign", "intermediate", "malignant")
 IMAGE_SIZE = 512
+ATYPICAL = 0.25  # fraction of lesions drawn with a neighbouring label's appearance
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,18 @@ def _draw_lesion(
     )
 
 
+def _appearance(rng: np.random.Generator, label: str) -> str:
+    """The look a lesion is drawn with: its label's, or (probability ATYPICAL) a neighbouring label's.
+
+    Atypical lesions are why the labs and the note matter: the image alone cannot resolve them.
+    """
+    if rng.random() >= ATYPICAL:
+        return label
+    rank = LABELS.index(label)
+    neighbours = [r for r in (rank - 1, rank + 1) if 0 <= r < len(LABELS)]
+    return LABELS[neighbours[int(rng.integers(0, len(neighbours)))]]
+
+
 def _lesion_labels(rng: np.random.Generator, primary: str, n: int) -> list[str]:
     labels = [primary]
     for _ in range(n - 1):
@@ -112,7 +125,7 @@ def render_image(rng: np.random.Generator, primary: str, view: str, min_lesions:
             cx_lesion = cx + slope * (cy - IMAGE_SIZE / 2) + rng.uniform(-0.4, 0.4) * half_width
             if all(np.hypot(cy - y, cx_lesion - x) > 95 for y, x in centres):
                 centres.append((cy, cx_lesion))
-                boxes.append(_draw_lesion(rng, image, label, cy, cx_lesion))
+                boxes.append(_draw_lesion(rng, image, _appearance(rng, label), cy, cx_lesion))
                 placed.append(label)
                 break
     image = ndimage.gaussian_filter(image, 0.8)

@@ -16,6 +16,7 @@ from typing import Any
 import monai
 import numpy as np
 import torch
+from monai.apps.detection.networks.retinanet_network import RetinaNet
 
 from pipelines import detect, fuse, imaging
 from pipelines.bundle import config_sections, resolve_device, round_trip_half, save_bundle
@@ -93,7 +94,7 @@ def _crops(images: list[_Image], natives: list[np.ndarray], rng: np.random.Gener
 
 
 def _train_detector(images: list[_Image], config: detect.DetectorConfig, epochs: int, device: torch.device,
-                    rng: np.random.Generator) -> torch.nn.Module:
+                    rng: np.random.Generator) -> RetinaNet:
     network = detect.build_network(config).to(device)
     detector = detect.build_detector(network, config)
     batch_size = 8
@@ -185,7 +186,7 @@ def _train_classifier(model: fuse.LesionClassifier, data: tuple[np.ndarray, ...]
 
 
 def _context(cases: dict[int, Case], patients: np.ndarray, config: fuse.FusionConfig,
-             notes: dict[int, tuple[np.ndarray, float]]) -> tuple[np.ndarray, ...]:
+             notes: dict[int, tuple[np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     labs = [fuse.lab_vector(cases[p].labs, config) for p in patients]
     return (np.stack([v for v, _ in labs]), np.stack([m for _, m in labs]),
             np.stack([notes[p][0] for p in patients]), np.asarray([notes[p][1] for p in patients], np.float32))

@@ -25,7 +25,7 @@ def model_card(config: dict[str, Any]) -> str:
     return f"""# radiograph-lesion {config['version']}
 
 ## Intended use
-Demonstration and automated tests of the DICOM AI node only. **Not for clinical use**: it has never seen a real
+Demonstration and automated tests of the DICOM AI node only. **NOT for clinical use**: it has never seen a real
 patient's image, lab value or note, and its outputs mean nothing about real lesions.
 
 ## What it is

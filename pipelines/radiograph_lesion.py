@@ -1,0 +1,133 @@
+"""The ``radiograph-lesion`` pipeline: detect lesions on each CR/DX frame, then classify each with labs and notes.
+
+Pure: reads the study's files and the clinical context it is handed, returns a PipelineResult; writes nothing.
+The detection threshold is the bundle's, fixed at training time on the validation split, never lowered here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+
+from pipelines import detect, fuse, imaging
+from pipelines.base import (
+    ClinicalContext,
+    CodedClass,
+    Finding,
+    PipelineRequirements,
+    PipelineResult,
+    PixelBox,
+    StudyInput,
+    missing_inputs,
+    select_instances,
+)
+from pipelines.bundle import LoadedBundle, load_bundle
+from pipelines.specs import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
+
+TRACKING_NAMESPACE = uuid.UUID("6b0f3e3c-2a8d-5f51-b7a4-9c2f0d1e4a77")
+
+
+def tracking_uid(sop_instance_uid: str, frame: int, index: int, version: str) -> str:
+    """Deterministic per-lesion UID: a rerun on the same image with the same model gives the same UID."""
+    return "2.25." + str(uuid.uuid5(TRACKING_NAMESPACE, f"{sop_instance_uid}|{frame}|{index}|{version}").int)
+
+
+class RadiographLesionPipeline:
+    """Stage 1 MONAI RetinaNet on the whole radiograph, stage 2 fusion head per detected box."""
+
+    name: str = RADIOGRAPH_LESION
+    requirements: PipelineRequirements = RADIOGRAPH_LESION_REQUIREMENTS
+
+    def __init__(self, bundle_dir: Path | None = None, device: str = "auto") -> None:
+        self.bundle: LoadedBundle = load_bundle(bundle_dir or BUNDLES_DIR / RADIOGRAPH_LESION, device)
+        config = self.bundle.config
+        self.version: str = str(config["version"])
+        self.threshold: float = float(config["detection_threshold"])
+        self.input_size: int = int(config["input_size"])
+        self.classes: tuple[CodedClass, ...] = tuple(
+            CodedClass(c["value"], c["scheme_designator"], c["meaning"]) for c in config["classes"]
+        )
+        self._notes: fuse.NoteEncoder | None = None
+
+    @property
+    def device(self) -> str:
+        return self.bundle.device.type
+
+    def _note_features(self, notes: tuple[str, ...]) -> tuple[np.ndarray, float]:
+        text = " ".join(n.strip() for n in notes if n.strip())
+        if not text:
+            return np.zeros(fuse.TEXT_DIM, dtype=np.float32), 1.0
+        if self._notes is None:  # the sentence model is loaded only when a note is there to read
+            self._notes = fuse.NoteEncoder(self.device)
+        emb, missing = self._notes.encode([text])
+        return emb[0], float(missing[0])
+
+    def _labs(self, context: ClinicalContext) -> dict[str, float]:
+        """Lab values usable as-is: status ok and the unit the model was trained on (no silent conversion)."""
+        if context.fhir_status != "ok":
+            return {}
+        units = {lab.loinc: lab.unit for lab in self.requirements.labs}
+        return {k: v.value for k, v in context.labs.items() if k in units and v.unit == units[k]}
+
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        labs = self._labs(context)
+        missing = list(missing_inputs(self.requirements, context))
+        missing += [f"labs:{lab.loinc}" for lab in self.requirements.labs
+                    if lab.loinc in context.labs and lab.loinc not in labs and "labs" not in missing]
+        lab_values, lab_missing = fuse.lab_vector(labs, self.bundle.fusion_config)
+        note_emb, note_missing = self._note_features(context.notes if context.fhir_status == "ok" else ())
+        used = ["image", *(f"labs:{lab.loinc}" for lab in self.requirements.labs if lab.loinc in labs)]
+        if note_missing == 0.0:
+            used.append("notes")
+
+        findings: list[Finding] = []
+        analysed: list[str] = []
+        for instance in select_instances(study.instances, self.requirements):
+            ds = dcmread(instance.path)
+            analysed.append(instance.sop_instance_uid)
+            for frame in range(1, int(getattr(ds, "NumberOfFrames", 1) or 1) + 1):
+                prepared = imaging.prepare_dataset(ds, self.input_size, frame)
+                found = detect.detect(self.bundle.detector, [prepared.model_input], self.bundle.device)[0]
+                kept = [(imaging.box_to_source(b, prepared), s) for b, s in found if s >= self.threshold]
+                kept = [(b, s) for b, s in kept if b[2] - b[0] >= 1 and b[3] - b[1] >= 1]
+                if not kept:
+                    continue
+                size = self.bundle.fusion_config.crop_size
+                crops = np.stack([imaging.crop(prepared.native, b, size) for b, _ in kept])
+                n = len(kept)
+                probs = fuse.classify(
+                    self.bundle.classifier, crops, np.tile(lab_values, (n, 1)), np.tile(lab_missing, (n, 1)),
+                    np.tile(note_emb, (n, 1)), np.full(n, note_missing, dtype=np.float32), self.bundle.device,
+                )
+                for (box, score), p in zip(kept, probs):
+                    number = len(findings) + 1
+                    best = int(np.argmax(p))
+                    findings.append(
+                        Finding(
+                            tracking_uid=tracking_uid(instance.sop_instance_uid, frame, number, self.version),
+                            tracking_id=f"lesion {number}",
+                            class_code=self.classes[best],
+                            probability=float(p[best]),
+                            class_probabilities={c.meaning: float(q) for c, q in zip(self.classes, p)},
+                            detection_score=float(score),
+                            sop_instance_uid=instance.sop_instance_uid,
+                            sop_class_uid=instance.sop_class_uid,
+                            frame_number=frame,
+                            box=PixelBox(*box),
+                            inputs_used=tuple(used),
+                            inputs_missing=tuple(missing),
+                        )
+                    )
+        return PipelineResult(
+            pipeline_name=self.name,
+            pipeline_version=self.version,
+            findings=tuple(findings),
+            images_analysed=tuple(analysed),
+            detection_threshold=self.threshold,
+            inputs_missing=tuple(missing),
+            fhir_status=context.fhir_status,
+            device=self.device,
+        )
