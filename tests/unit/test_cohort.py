@@ -111,5 +111,5 @@ def test_write_cohort(tmp_path: Path) -> None:
     cases = write_cohort(tmp_path, n_patients=2, seed=3)
     assert [c.patient_id for c in cases] == ["SYN-003-0001", "SYN-003-0002"]
     assert all(p.exists() for c in cases for p in c.files)
-    assert (tmp_path / "SYN-0002.fhir.json").exists()
+    assert (tmp_path / "SYN-003-0002.fhir.json").exists()
     assert len({c.study_instance_uid for c in cases}) == 2
