@@ -15,7 +15,7 @@ def model_card(config: dict[str, Any]) -> str:
     metrics = config["metrics"]
     det, cls = metrics["detection"], metrics["classification"]
     command = (
-        f"python -m pipelines.train pipelines/bundles/radiograph-lesion --n-patients {training['n_patients']} "
+        f"dicom-ai-node train --out pipelines/bundles/radiograph-lesion --n-patients {training['n_patients']} "
         f"--seed {training['seed']} --epochs-detector {training['epochs_detector']} "
         f"--epochs-classifier {training['epochs_classifier']} --device cpu --threads 2"
     )
@@ -47,6 +47,9 @@ one CR image each; 80/20 patient split). Trained by `dicom-ai-node train` (which
 `pipelines.train.train_radiograph_lesion`); this bundle was produced with:
 
     {command}
+
+(equivalently `python -m pipelines.train pipelines/bundles/radiograph-lesion` with the same options; the same
+command on the same machine type reproduces bit-identical weights).
 
 on {training['device']} (torch {training['torch']}, MONAI {training['monai']}, Python {training['python']}).
 Seconds: {json.dumps(training['seconds'])}.
