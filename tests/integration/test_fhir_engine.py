@@ -11,13 +11,10 @@ import pytest
 
 from node.config import FhirSettings
 from node.context import fetch_context
-from node.localpeers.fhir import DEFAULT_NODE_BIN, FhirEngine
+from node.localpeers.fhir import FhirEngine
 from pipelines.base import LabRequirement, PipelineRequirements, SeriesFilter
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not DEFAULT_NODE_BIN.exists(), reason="FHIR engine not installed: cd deploy/fhir && npm ci"),
-]
+pytestmark = pytest.mark.integration
 
 MRN_SYSTEM = "urn:dicom-ai-node:synthetic-mrn"
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom import dcmread
 
 from pipelines.base import ClinicalContext, InstanceRef, LabValue, Pipeline, PipelineResult, StudyInput
@@ -106,10 +107,9 @@ def test_ehr_unreachable_is_reported(pipeline: Pipeline, demo: DemoCase) -> None
 
 
 def test_real_cr_runs(pipeline: Pipeline) -> None:
-    pydicom_data = pytest.importorskip("data_store")  # the pydicom-data package
-    path = Path(pydicom_data.__file__).parent / "data" / "RG3_UNCR.dcm"
-    if not path.exists():
-        pytest.skip("pydicom-data's RG3_UNCR.dcm is not installed")
+    found = get_testdata_file("RG3_UNCR.dcm")  # bundled in pydicom-data (a test dependency): no download
+    assert found is not None, "pydicom-data lacks RG3_UNCR.dcm"
+    path = Path(found)
     result = pipeline.run(_study([path]), ClinicalContext.unavailable("patient-not-found"))
     assert result.images_analysed == (str(dcmread(path, stop_before_pixels=True).SOPInstanceUID),)
     for f in result.findings:
