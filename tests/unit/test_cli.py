@@ -1,0 +1,40 @@
+"""The command line: config errors exit 2 naming the key and the fix; listing pipelines needs no model load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from node.cli import app
+
+runner = CliRunner()
+
+
+def test_serve_refuses_a_bad_port(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[node]\nport = 70000\n")
+    result = runner.invoke(app, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "node.port" in result.output and "1 to 65535" in result.output
+
+
+def test_serve_refuses_an_unknown_pipeline(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[[route]]\npipeline = "chest-xray"\nModality = "^CR$"\n')
+    result = runner.invoke(app, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "route[0].pipeline" in result.output and "radiograph-lesion" in result.output
+
+
+def test_pipelines_lists_version_and_inputs() -> None:
+    result = runner.invoke(app, ["pipelines"])
+    assert result.exit_code == 0
+    assert "radiograph-lesion 0.1.0" in result.output and "1988-5" in result.output
+
+
+def test_process_unknown_study_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    result = runner.invoke(app, ["process", "1.2.3.4", "--config", str(config)])
+    assert result.exit_code == 1 and "no such study" in result.output
