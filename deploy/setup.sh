@@ -26,7 +26,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: python3 -m venv .venv"
   python3 -m venv .venv
 fi
+# This machine's pip config lists package folders that may be absent; pip warns once per package about them.
+pip_install() {
+  .venv/bin/pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 # torch and torchvision first, pinned: pip takes them from this machine's disk and never picks another torch.
-.venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+pip_install torch==2.14.1 torchvision==0.29.1
+pip_install -e ".[test]"
 echo "setup: done"

@@ -99,9 +99,11 @@ class NodeProcess:
                 self.proc.wait()
 
 
-def storescu(port: int, files: list[Path], ae_title: str = "AINODE") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], ae_title: str = "AINODE", options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-aet", "MODALITY", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
+        ["storescu", *options, "-aet", "MODALITY", "-aec", ae_title, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, env=TOOL_ENV, timeout=120,
     )
 

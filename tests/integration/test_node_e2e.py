@@ -215,3 +215,21 @@ def test_status_endpoints_and_command(node: NodeProcess, cases: dict[int, DemoCa
     status = json.loads(out.stdout)
     assert status["counts"]["instances"]["total"] == 1
     assert "SYN-" not in out.stdout, "patient identifiers leak into the status output"
+
+
+def test_jpeg2000_radiograph_is_stored_compressed_and_analysed(node: NodeProcess, pacs: Orthanc) -> None:
+    from pydicom.data import get_testdata_file
+
+    found_path = get_testdata_file("RG1_J2KR.dcm")  # a real chest CR, JPEG 2000 lossless, from pydicom-data
+    assert found_path is not None
+    path = Path(found_path)
+    source = dcmread(path, stop_before_pixels=True)
+    sent = storescu(node.port, [path], options=("-xv",))  # -xv: propose JPEG 2000 lossless, as such a modality does
+    assert sent.returncode == 0, sent.stderr
+    found = sr_of(pacs, str(source.StudyInstanceUID), timeout=60)
+    summary = read_findings(found["SR"][0])
+    assert str(source.SOPInstanceUID) in summary.images_analysed
+    store = Store(node.workdir / "data" / "node.db")
+    row = store.study_instances(str(source.StudyInstanceUID))[0]
+    store.close()
+    assert row["transfer_syntax"] == str(source.file_meta.TransferSyntaxUID), "the node re-encoded what it received"
