@@ -11,6 +11,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
 from pydicom import dcmread
 
 from node.config import parse_settings
@@ -52,10 +53,10 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
         if orthanc_id is None:
             print(f"  {row['kind'].upper()} {row['sop_instance_uid']}: NOT in Orthanc")
             continue
-        ds = dcmread(BytesIO(pacs.instance_file(orthanc_id)))
+        data = pacs.instance_file(orthanc_id)
         if row["kind"] == "sr":
             sr_found = True
-            summary = read_findings(ds)
+            summary = read_findings(hd.sr.srread(BytesIO(data)))  # read back the way a viewer's toolkit would
             print(f"\nStructured Report ({summary.algorithm_name} {summary.algorithm_version}), in Orthanc:")
             print(f"  {pacs.url}/instances/{orthanc_id}/file")
             print(f"  {pacs.url}/app/explorer.html#instance?uuid={orthanc_id}")
@@ -70,7 +71,7 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
         else:
             n_sc += 1
             png = workdir / f"overlay-{n_sc}.png"
-            overlay_png(ds, png)
+            overlay_png(dcmread(BytesIO(data)), png)
             print(f"\nSecondary Capture overlay {n_sc}, in Orthanc:")
             print(f"  {pacs.url}/instances/{orthanc_id}/preview")
             print(f"  written to {png}")
@@ -122,6 +123,8 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
             truth = ", ".join(f"{label} at ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})" for b, label in case.truth)
             print(f"\nsynthetic ground truth (for comparison): {truth}")
             ok = state == "sent" and sr_found and n_sc >= 1
+            print(f"\nOrthanc keeps its data in {pacs.workdir}; serve it again later with:"
+                  f"\n  TCP_NODELAY=1 Orthanc {pacs.workdir / 'orthanc.json'}")
             if once:
                 print("\nresult: OK" if ok else "\nresult: FAILED (see the log above)")
                 return 0 if ok else 1

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import highdicom as hd
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, _config
@@ -67,7 +68,7 @@ def sr_of(pacs: Orthanc, study_uid: str, timeout: float) -> dict[str, list]:  # 
 
 
 def test_orthanc_routes_demo_study_and_gets_sr_and_sc(
-    node: NodeProcess, pacs: Orthanc, cases: dict[int, DemoCase]
+    node: NodeProcess, pacs: Orthanc, cases: dict[int, DemoCase], tmp_path: Path
 ) -> None:
     case = cases[7]
     study_ids = {pacs.upload(p)["ParentStudy"] for p in case.files}
@@ -76,7 +77,12 @@ def test_orthanc_routes_demo_study_and_gets_sr_and_sc(
     wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 30, "the study to be 'sent'")
     found = results_in_orthanc(pacs, case.study_instance_uid)
     assert len(found["SR"]) == 1
-    summary = read_findings(found["SR"][0])
+    sr_file = tmp_path / "sr.dcm"
+    sr_file.write_bytes(pacs.instance_file(pacs.find_instance(found["SR"][0].SOPInstanceUID) or ""))
+    report = hd.sr.srread(sr_file)
+    groups = report.content.get_planar_roi_measurement_groups()
+    assert len(groups) >= 1 and all(g.roi is not None for g in groups)
+    summary = read_findings(report)
     assert summary.fhir_status == "ok"
     assert "labs" not in summary.inputs_missing and "notes" not in summary.inputs_missing
     assert len(summary.findings) >= 1
