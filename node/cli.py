@@ -95,6 +95,16 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
         typer.echo(f"DEAD {item['sop_instance_uid']}: {item['last_error']}")
 
 
+@app.command("retry-dead")
+def retry_dead(config: Path = ConfigOpt) -> None:
+    """Put dead-lettered deliveries back in the queue (after fixing the PACS side); the running node sends them."""
+    from node.store import Store
+
+    settings = _settings(config)
+    n = Store(settings.node.data_dir / "node.db").retry_dead()
+    typer.echo(f"{n} delivery(ies) queued again")
+
+
 @app.command("pipelines")
 def list_pipelines() -> None:
     """The installed pipelines with their version and inputs."""

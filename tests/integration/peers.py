@@ -34,7 +34,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class NodeProcess:
     """``dicom-ai-node serve`` in a subprocess, configured against the given peers."""
 
-    def __init__(self, workdir: Path, pacs: Orthanc | None, fhir_url: str | None, quiet_seconds: float = 2.0) -> None:
+    def __init__(
+        self, workdir: Path, pacs: Orthanc | None, fhir_url: str | None, quiet_seconds: float = 2.0,
+        register: bool = True,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.http_port = free_port()
@@ -47,7 +50,8 @@ class NodeProcess:
         ]
         if pacs is not None:
             lines += ["[pacs]", f'ae_title = "{pacs.ae_title}"', 'host = "127.0.0.1"', f"port = {pacs.dicom_port}"]
-            pacs.add_modality("ainode", self.ae_title, "127.0.0.1", self.port)
+            if register:  # needs Orthanc running; Orthanc's config allows any AE to store and find anyway
+                pacs.add_modality("ainode", self.ae_title, "127.0.0.1", self.port)
         if fhir_url is not None:
             lines += ["[fhir]", f'base_url = "{fhir_url}"',
                       'patient_identifier_system = "urn:dicom-ai-node:synthetic-mrn"', "timeout_seconds = 3"]

@@ -239,3 +239,33 @@ def test_jpeg2000_radiograph_is_stored_compressed_and_analysed(node: NodeProcess
     row = store.study_instances(str(source.StudyInstanceUID))[0]
     store.close()
     assert row["transfer_syntax"] == str(source.file_meta.TransferSyntaxUID), "the node re-encoded what it received"
+
+
+def test_results_wait_in_the_outbox_while_the_pacs_is_down_and_survive_a_restart(
+    tmp_path: Path, fhir: FhirEngine, cases: dict[int, DemoCase]
+) -> None:
+    pacs = Orthanc(workdir=tmp_path / "orthanc-later")  # its ports are chosen now; it is started later
+    case = cases[11]
+    node = NodeProcess(tmp_path / "node-outbox", pacs, fhir.base_url, register=False).start()
+    try:
+        assert storescu(node.port, case.files).returncode == 0
+        db = node.workdir / "data" / "node.db"
+
+        def failed_once() -> bool:
+            store = Store(db)
+            try:
+                items = store.outbox_items()
+                return bool(items) and all(i["state"] == "pending" and i["attempts"] >= 1 for i in items)
+            finally:
+                store.close()
+
+        wait_for(failed_once, 60, "a failed delivery attempt while the PACS is down")
+        node.stop()
+        pacs.start()
+        node.start()
+        wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 90, "delivery after the restart")
+        found = results_in_orthanc(pacs, case.study_instance_uid)
+        assert len(found["SR"]) == 1 and len(found["SC"]) >= 1
+    finally:
+        node.stop()
+        pacs.stop()

@@ -38,3 +38,18 @@ def test_process_unknown_study_says_so(tmp_path: Path) -> None:
     config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
     result = runner.invoke(app, ["process", "1.2.3.4", "--config", str(config)])
     assert result.exit_code == 1 and "no such study" in result.output
+
+
+def test_retry_dead_requeues_dead_letters(tmp_path: Path) -> None:
+    from node.store import Store
+    from test_outbox import queued
+
+    store = queued(tmp_path / "data", db_name="node.db")
+    for item in store.outbox_items():
+        store.outbox_failed(item["item_id"], "association rejected", None)
+    store.close()
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
+    result = runner.invoke(app, ["retry-dead", "--config", str(config)])
+    assert result.exit_code == 0 and "2 delivery" in result.output
+    assert {i["state"] for i in Store(tmp_path / "data" / "node.db").outbox_items()} == {"pending"}

@@ -13,8 +13,8 @@ from test_store import inst
 PACS = PacsSettings("ORTHANC", "127.0.0.1", 4242)
 
 
-def queued(tmp_path: Path) -> Store:
-    store = Store(tmp_path / "db")
+def queued(tmp_path: Path, db_name: str = "db") -> Store:
+    store = Store(tmp_path / db_name)
     store.index_instance(inst("1.1"), now=1.0)
     store.complete_study("1.2.3", "quiet", [("p", "1")], now=2.0)
     job = store.claim_job("w", 60, now=3.0)
