@@ -176,7 +176,7 @@ def _sc_image(
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
         laterality=laterality,
         # highdicom requires an orientation for PATIENT; when the source has none (type 2, may be empty) we pass a
-        # placeholder and blank it below rather than state an orientation nobody measured.
+        # nominal value and blank it below rather than state an orientation nobody measured.
         patient_orientation=orientation if len(orientation) == 2 else ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=description[:64],
