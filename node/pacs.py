@@ -72,12 +72,9 @@ def study_instance_count(pacs: PacsSettings, calling_ae: str, study_uid: str, ti
 
 def store_files(pacs: PacsSettings, calling_ae: str, paths: list[Path], timeout: float = 60.0) -> list[SendOutcome]:
     """C-STORE each file over one association; per-file outcomes (an association failure raises PacsError)."""
-    sop_classes: dict[Path, str] = {}
-    for path in paths:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        sop_classes[path] = str(meta.SOPClassUID)
+    datasets = {path: dcmread(path) for path in paths}  # read once: the SOP class picks the context, then sent
     ae = _ae(calling_ae, timeout)
-    for sop_class in sorted(set(sop_classes.values())):
+    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets.values()}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
     if not assoc.is_established:
@@ -88,7 +85,7 @@ def store_files(pacs: PacsSettings, calling_ae: str, paths: list[Path], timeout:
             if not assoc.is_established:
                 outcomes.append(SendOutcome(path, False, "association lost"))
                 continue
-            status = assoc.send_c_store(dcmread(path))
+            status = assoc.send_c_store(datasets[path])
             if status is None or "Status" not in status:
                 outcomes.append(SendOutcome(path, False, "no response from the PACS"))
                 continue

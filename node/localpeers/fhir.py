@@ -15,6 +15,8 @@ from typing import IO, Any
 
 import httpx
 
+from node.localpeers import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FHIR_DIR = REPO_ROOT / "deploy" / "fhir"
 SERVER_SCRIPT = FHIR_DIR / "server.mjs"
@@ -122,13 +124,7 @@ class FhirEngine:
         return result
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         # The pipes reach EOF once the process is gone; let the reader threads finish before closing them.
         for thread in (self._stdout_thread, self._stderr_thread):
             if thread is not None:

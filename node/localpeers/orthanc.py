@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from node.localpeers import stop_process
+
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -100,13 +102,7 @@ class Orthanc:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self.client.close()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -17,6 +17,7 @@ import httpx
 from pydicom import Dataset, dcmread
 
 from node.localpeers.orthanc import Orthanc, free_port
+from node.localpeers import stop_process
 
 TOOL_ENV = {**os.environ, "TCP_NODELAY": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -94,13 +95,7 @@ class NodeProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
 
 
 def storescu(
