@@ -1,23 +1,27 @@
-"""Study assembly: decides when a receiving study is complete and queues one job per routed pipeline.
+"""Study assembly: decides when a receiving study is complete, and (re-)queues the jobs whose inputs changed.
 
-Complete = the instance count reached the PACS's NumberOfStudyRelatedInstances (C-FIND, where [pacs] is set),
-or ``quiet_seconds`` passed without a new instance, or a manual ``dicom-ai-node process`` trigger.
+Complete = the instance count reached the PACS's count of the study's instances that are not the node's own
+results (C-FIND per series, where [pacs] is set), or ``quiet_seconds`` passed without a new instance, or a
+manual ``dicom-ai-node process`` / ``reprocess``. A re-opened study (a late instance a pipeline reads) asks the
+PACS again, and is complete by count only ``reopen_debounce_seconds`` after its last instance, so a trickle of
+late instances gives one re-run. Series are selected here, once, and stored with the job.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from node.config import Settings
 from node.listener import uid_digest
-from node.router import pipelines_for
-from node.store import Store
+from node.router import instances_for, pipelines_for
+from node.store import JobPlan, Store
 
 log = logging.getLogger(__name__)
 
-CountQuery = Callable[[str], int | None]
+# (study UID, series UIDs to leave out) -> instances the PACS holds for the study, None when it does not know it
+CountQuery = Callable[[str, set[str]], int | None]
 
 
 class Assembler:
@@ -42,44 +46,59 @@ class Assembler:
         now = time.time() if now is None else now
         completed: list[str] = []
         for study in self.store.studies_in_state("receiving"):
-            reason = self._ready(study, now)
-            if reason is not None and self.complete(study["study_uid"], reason, now):
+            reason = self.ready(study, now)
+            if reason is not None and self.complete(study["study_uid"], reason, now, study["reprocess"]):
                 completed.append(study["study_uid"])
         return completed
 
-    def _ready(self, study: dict[str, object], now: float) -> str | None:
+    def ready(self, study: dict[str, Any], now: float) -> str | None:
+        """Why the study is complete now, or None while it is still receiving."""
+        if study["complete_now"]:
+            return str(study["complete_now"])
         uid = str(study["study_uid"])
-        count = int(study["instance_count"] or 0)  # type: ignore[call-overload]
+        count = int(study["instance_count"] or 0)
+        quiet = now - float(study["last_received_at"])
         expected = study["expected_count"]
         if expected is None and self.count_in_pacs is not None:
             checked = study["expected_checked_at"]
-            if checked is None or now - float(checked) >= self.recheck_seconds:  # type: ignore[arg-type]
+            if checked is None or now - float(checked) >= self.recheck_seconds:
                 expected = self._query(uid, now)
-        if expected is not None and count >= int(expected):  # type: ignore[call-overload]
-            return f"instance count {count} reached the expected {expected}"
-        if now - float(study["last_received_at"]) >= self.settings.assembly.quiet_seconds:  # type: ignore[arg-type]
+        reopened = int(study["reopen_count"] or 0) > 0
+        if expected is not None and count >= int(expected):
+            if not reopened or quiet >= self.settings.assembly.reopen_debounce_seconds:
+                return f"instance count {count} reached the expected {expected}"
+        if quiet >= self.settings.assembly.quiet_seconds:
             return f"no new instance for {self.settings.assembly.quiet_seconds:g} s"
         return None
 
     def _query(self, study_uid: str, now: float) -> int | None:
         assert self.count_in_pacs is not None
         try:
-            expected = self.count_in_pacs(study_uid)
+            expected = self.count_in_pacs(study_uid, self.store.own_series(study_uid))
         except Exception as exc:  # the PACS being down must not stop assembly: the quiet timer still works
             log.warning("PACS count query failed for study %s: %s", uid_digest(study_uid), exc)
             expected = None
+        if expected == 0:
+            expected = None  # the PACS holds only our own results: it does not know the study's images
         # Only a count the PACS knows is kept; None is re-asked after recheck_seconds.
         self.store.set_expected_count(study_uid, expected, now)
         return expected
 
-    def complete(self, study_uid: str, reason: str, now: float | None = None) -> bool:
+    def complete(self, study_uid: str, reason: str, now: float | None = None, reprocess: str | None = None) -> bool:
         instances = self.store.study_instances(study_uid)
-        pipelines = pipelines_for(instances, self.settings.routes)
-        jobs = [(name, self.version_of(name)) for name in pipelines]
-        done = self.store.complete_study(study_uid, reason, jobs, now)
+        routes = self.settings.routes
+        plans = [
+            JobPlan(
+                pipeline=name, version=self.version_of(name),
+                inputs=tuple(str(r["sop_instance_uid"]) for r in instances_for(name, instances, routes)),
+                force=reprocess in ("*", name),
+            )
+            for name in pipelines_for(instances, routes)
+        ]
+        done = self.store.complete_study(study_uid, reason, plans, now)
         if done:
             log.info(
                 "study %s complete (%s): %d instance(s), pipelines: %s",
-                uid_digest(study_uid), reason, len(instances), ", ".join(pipelines) or "none (no rule matched)",
+                uid_digest(study_uid), reason, len(instances), ", ".join(p.pipeline for p in plans) or "none",
             )
         return done

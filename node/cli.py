@@ -72,6 +72,29 @@ def process(study_uid: str, config: Path = ConfigOpt) -> None:
 
 
 @app.command()
+def reprocess(
+    study_uid: str,
+    config: Path = ConfigOpt,
+    pipeline: str = typer.Option(None, "--pipeline", "-p", help="Only this pipeline (default: every routed one)."),
+) -> None:
+    """Run the study's pipelines again. Changed inputs (instances, labs, notes, bundle version) give an amended
+    SR that references the one it replaces; unchanged inputs send nothing new."""
+    from node.store import Store
+
+    settings = _settings(config)
+    routed = {rule.pipeline for rule in settings.routes}
+    if pipeline is not None and pipeline not in routed:
+        typer.echo(f"--pipeline {pipeline!r} is not routed by this config: use one of {', '.join(sorted(routed))}",
+                   err=True)
+        raise typer.Exit(2)
+    store = Store(settings.node.data_dir / "node.db")
+    if not store.request_processing(study_uid, reprocess=pipeline or "*"):
+        typer.echo("no such study in this node's database (nothing received for that Study Instance UID)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"reprocess queued ({pipeline or 'every routed pipeline'}): the node re-runs it on its next pass")
+
+
+@app.command()
 def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts by state, the latest studies and any dead-lettered deliveries."""
     from node.store import Store
@@ -87,10 +110,16 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
     for table, states in store.counts().items():
         typer.echo(f"{table:10s} " + ", ".join(f"{k}: {v}" for k, v in sorted(states.items())))
     for s in studies:
-        jobs = "; ".join(
-            f"{j['pipeline']} {j['state']} findings={j['n_findings']} fhir={j['fhir_status']}" for j in s["jobs"]
-        )
-        typer.echo(f"{s['study_uid']}  {s['status']:12s} {s['instances']} inst  {jobs}")
+        typer.echo(f"{s['study_uid']}  {s['status']:12s} {s['instances']} inst  why: {s['reason']}")
+        typer.echo(f"    completed: {s['completed_reason']}"
+                   + (f"; re-opened {s['reopened']}x, last: {s['reopen_reason']}" if s["reopened"] else ""))
+        for j in s["jobs"]:
+            typer.echo(f"    {j['pipeline']} {j['state']} ({j['reason']}) findings={j['n_findings']} "
+                       f"fhir={j['fhir_status']}")
+            for r in j["runs"]:
+                mark = "current" if r["current"] else r["state"]
+                typer.echo(f"      run {r['run_id'].rsplit('#', 1)[-1]} {mark}: covers {len(r['covers'])} instance(s), "
+                           f"SR {r['sr_sop_instance_uid'] or '-'}" + (f", amends {r['amends_sr']}" if r["amends_sr"] else ""))
     for item in dead:
         typer.echo(f"DEAD {item['sop_instance_uid']}: {item['last_error']}")
 

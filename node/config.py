@@ -46,6 +46,23 @@ class FhirSettings:
 class AssemblySettings:
     quiet_seconds: float = 10.0
     poll_seconds: float = 0.5
+    # a re-opened study is complete by PACS count only this long after its last instance (one re-run per trickle)
+    reopen_debounce_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    own_results: str = "ignore"  # the node's own SR/SC coming back: "ignore" (acknowledge, keep nothing) or "store"
+    resent_conflict: str = "keep-first"  # same SOP Instance UID, different content: "keep-first" or "replace"
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    interval_seconds: float = 5.0
+    # a receiving study this long past its quiet period is completed by the watchdog
+    receiving_grace_seconds: float = 60.0
+    # a job queued, running or sending without a state change for this long is resumed or failed with the reason
+    job_stuck_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,8 @@ class Settings:
     outbox: OutboxSettings
     routes: tuple[RouteRule, ...]
     source: Path | None = None
+    ingest: IngestSettings = IngestSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -122,7 +141,7 @@ def _known(table: dict[str, Any], section: str, keys: set[str]) -> None:
 
 def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Path | None = None) -> Settings:
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
-    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "outbox", "route"})
+    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -173,13 +192,38 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
             raise ConfigError("fhir.lab_window_days must be >= 0 (days before the study date in which labs count)")
 
     a = _table(raw, "assembly")
-    _known(a, "assembly", {"quiet_seconds", "poll_seconds"})
+    _known(a, "assembly", {"quiet_seconds", "poll_seconds", "reopen_debounce_seconds"})
     assembly = AssemblySettings(
         quiet_seconds=_get(a, "assembly", "quiet_seconds", float, 10.0),
         poll_seconds=_get(a, "assembly", "poll_seconds", float, 0.5),
+        reopen_debounce_seconds=_get(a, "assembly", "reopen_debounce_seconds", float, 2.0),
     )
     if assembly.quiet_seconds <= 0:
         raise ConfigError("assembly.quiet_seconds must be > 0 (seconds without a new instance before a study counts as complete)")
+    if assembly.reopen_debounce_seconds < 0:
+        raise ConfigError("assembly.reopen_debounce_seconds must be >= 0 (seconds after a re-opened study's last instance)")
+
+    ing = _table(raw, "ingest")
+    _known(ing, "ingest", {"own_results", "resent_conflict"})
+    ingest = IngestSettings(
+        own_results=_get(ing, "ingest", "own_results", str, "ignore"),
+        resent_conflict=_get(ing, "ingest", "resent_conflict", str, "keep-first"),
+    )
+    if ingest.own_results not in ("ignore", "store"):
+        raise ConfigError(f"ingest.own_results = {ingest.own_results!r}: use \"ignore\" or \"store\"")
+    if ingest.resent_conflict not in ("keep-first", "replace"):
+        raise ConfigError(f"ingest.resent_conflict = {ingest.resent_conflict!r}: use \"keep-first\" or \"replace\"")
+
+    w = _table(raw, "watchdog")
+    _known(w, "watchdog", {"interval_seconds", "receiving_grace_seconds", "job_stuck_seconds"})
+    watchdog = WatchdogSettings(
+        interval_seconds=_get(w, "watchdog", "interval_seconds", float, 5.0),
+        receiving_grace_seconds=_get(w, "watchdog", "receiving_grace_seconds", float, 60.0),
+        job_stuck_seconds=_get(w, "watchdog", "job_stuck_seconds", float, 3600.0),
+    )
+    for key in ("interval_seconds", "receiving_grace_seconds", "job_stuck_seconds"):
+        if getattr(watchdog, key) <= 0:
+            raise ConfigError(f"watchdog.{key} must be > 0 (seconds)")
 
     o = _table(raw, "outbox")
     _known(o, "outbox", {"max_attempts", "backoff_seconds", "backoff_max_seconds"})
@@ -209,7 +253,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
                     raise ConfigError(f"{section}.{k} = {pattern!r} is not a valid regular expression ({exc})") from exc
             parsed.append(RouteRule(pipeline, patterns))
         routes = tuple(parsed)
-    return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source)
+    return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
+                    ingest=ingest, watchdog=watchdog)
 
 
 def load_settings(path: Path) -> Settings:

@@ -1,7 +1,9 @@
 """The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE for every storage SOP class.
 
-The C-STORE handler is thin: check that the dataset can be understood, write the received bytes durably to the
-spool, index the row, and only then return success. It never decodes pixels, calls FHIR or runs a model.
+The C-STORE handler is thin: check that the dataset can be understood, recognise a re-send (same SOP Instance UID:
+same content is acknowledged and nothing changes; different content follows ``[ingest] resent_conflict``) and the
+node's own results coming back (``[ingest] own_results``), write the received bytes durably to the spool, index
+the row, and only then return success. It never decodes pixels, calls FHIR or runs a model.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any, Callable
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.config import NodeSettings
-from node.store import IndexedInstance, Store
+from node.config import IngestSettings, NodeSettings, RouteRule
+from node.router import pipelines_for
+from node.store import IndexedInstance, IndexOutcome, Store
 
 log = logging.getLogger("node.listener")
 
@@ -89,12 +93,14 @@ class Spool:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
-        return self.root / uid_digest(study_uid) / f"{sop_instance_uid}.dcm"
+    def path_for(self, study_uid: str, sop_instance_uid: str, digest: str = "") -> Path:
+        # The content digest is in the name: a re-send with other content never overwrites the indexed file.
+        suffix = f".{digest[:16]}" if digest else ""
+        return self.root / uid_digest(study_uid) / f"{sop_instance_uid}{suffix}.dcm"
 
-    def write(self, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
+    def write(self, study_uid: str, sop_instance_uid: str, data: bytes, digest: str = "") -> Path:
         """Temp file, fsync, atomic rename, fsync of the directory: after this returns the bytes survive a crash."""
-        final = self.path_for(study_uid, sop_instance_uid)
+        final = self.path_for(study_uid, sop_instance_uid, digest)
         folder = final.parent
         new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
@@ -130,6 +136,9 @@ class ListenerDeps:
     spool: Spool
     open_store: Callable[[], Store]
     on_stored: Callable[[str], None] | None = None  # study UID of each newly stored instance
+    routes: tuple[RouteRule, ...] = ()  # which pipelines read an instance decides whether a late one re-opens
+    ingest: IngestSettings = IngestSettings()
+    own_manufacturer: str = "dicom-ai-node"  # results of another install of the node are recognised by it too
 
 
 def _patient_age(ds: Dataset) -> float | None:
@@ -173,35 +182,64 @@ def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
 
     study_uid = str(ds.StudyInstanceUID)
     sop_uid = str(ds.SOPInstanceUID)
+    series_uid = str(ds.SeriesInstanceUID)
     try:
-        data = event.encoded_dataset(include_meta=True)
-        path = deps.spool.write(study_uid, sop_uid, data)
-        new = _store_for_thread(deps).index_instance(
-            IndexedInstance(
-                sop_instance_uid=sop_uid,
-                study_uid=study_uid,
-                series_uid=str(ds.SeriesInstanceUID),
-                sop_class_uid=str(ds.SOPClassUID),
-                modality=str(ds.get("Modality", "") or ""),
-                body_part=str(ds.get("BodyPartExamined", "") or ""),
-                series_description=str(ds.get("SeriesDescription", "") or ""),
-                transfer_syntax=str(transfer_syntax),
-                path=str(path),
-                size=len(data),
-                calling_ae=calling_ae,
-                patient_id=str(ds.get("PatientID", "") or ""),
-                patient_age=_patient_age(ds),
-                patient_sex=str(ds.get("PatientSex", "") or ""),
-                study_date=str(ds.get("StudyDate", "") or ""),
-            )
-        )
+        store = _store_for_thread(deps)
+        stream = event.encoded_dataset(include_meta=False)
+        digest = hashlib.sha256(stream).hexdigest()
+        own = store.is_own_result(sop_uid, series_uid) or ds.get("Manufacturer") == deps.own_manufacturer
+        known = store.known_instance(sop_uid)
+        if own and deps.ingest.own_results == "ignore":
+            # Ours, and durably kept in data_dir/results already: acknowledged, never counted, never routed.
+            log.debug("own result of study %s came back: ignored", uid_digest(study_uid))
+            return STATUS_SUCCESS
+        replace = known is not None and known.digest != digest and deps.ingest.resent_conflict == "replace"
+        if known is not None and not replace:
+            outcome = store.index_instance(_indexed(ds, event, calling_ae, known.path, 0, digest, own, deps))
+            log.info("instance of study %s re-sent: %s", uid_digest(study_uid), outcome)
+            return STATUS_SUCCESS
+        data = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta), stream))
+        path = deps.spool.write(study_uid, sop_uid, data, digest)
+        row = _indexed(ds, event, calling_ae, str(path), len(data), digest, own, deps)
+        if replace:
+            old = store.replace_instance(row)
+            if old and old != str(path):
+                Path(old).unlink(missing_ok=True)
+            outcome = IndexOutcome.REPLACED
+        else:
+            outcome = store.index_instance(row)
     except Exception as exc:  # disk full, permissions, database locked: the sender must keep the instance
         log.error("store failed to persist (study %s): %s: %s", uid_digest(study_uid), type(exc).__name__, exc)
         return STATUS_OUT_OF_RESOURCES
-    log.debug("stored instance of study %s (new=%s)", uid_digest(study_uid), new)
-    if new and deps.on_stored is not None:
+    log.debug("stored instance of study %s (%s)", uid_digest(study_uid), outcome)
+    if outcome in (IndexOutcome.NEW, IndexOutcome.REPLACED) and deps.on_stored is not None:
         deps.on_stored(study_uid)
     return STATUS_SUCCESS
+
+
+def _indexed(ds: Dataset, event: evt.Event, calling_ae: str, path: str, size: int, digest: str, own: bool,
+             deps: ListenerDeps) -> IndexedInstance:
+    row = {
+        "modality": str(ds.get("Modality", "") or ""), "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        "series_description": str(ds.get("SeriesDescription", "") or ""), "sop_class_uid": str(ds.SOPClassUID),
+    }
+    return IndexedInstance(
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax=str(event.context.transfer_syntax),
+        path=path,
+        size=size,
+        calling_ae=calling_ae,
+        patient_id=str(ds.get("PatientID", "") or ""),
+        patient_age=_patient_age(ds),
+        patient_sex=str(ds.get("PatientSex", "") or ""),
+        study_date=str(ds.get("StudyDate", "") or ""),
+        digest=digest,
+        own_result=own,
+        routed_to=() if own else tuple(pipelines_for([row], deps.routes)),
+        **row,
+    )
 
 
 def handle_echo(event: evt.Event) -> int:

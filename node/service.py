@@ -23,6 +23,7 @@ from node.listener import ListenerDeps, Spool, start_listener
 from node.outbox import Outbox
 from node.pacs import study_instance_count
 from node.store import Store
+from node.watchdog import Watchdog
 from node.web import start_web
 from node.worker import Worker
 from pipelines.base import Pipeline
@@ -88,12 +89,16 @@ class Node:
             log.info("resuming %d job(s) left running by a previous process", released)
         self._reconcile_spool(store)
         store.close()
-        deps = ListenerDeps(spool=Spool(self.data_dir / "spool"), open_store=self.open_store)
+        deps = ListenerDeps(
+            spool=Spool(self.data_dir / "spool"), open_store=self.open_store, routes=self.settings.routes,
+            ingest=self.settings.ingest,
+        )
         self.listener = start_listener(self.settings.node, deps)
         self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         self._spawn("outbox", self._outbox_loop)
+        self._spawn("watchdog", self._watchdog_loop)
 
     def _reconcile_spool(self, store: Store) -> None:
         """Temp files are writes that were never acknowledged (the sender still has them): remove them.
@@ -163,7 +168,7 @@ class Node:
         count = None
         if pacs is not None:
             ae_title = self.settings.node.ae_title
-            count = lambda uid: study_instance_count(pacs, ae_title, uid)  # noqa: E731
+            count = lambda uid, own: study_instance_count(pacs, ae_title, uid, own)  # noqa: E731
         assembler = Assembler(store, self.settings, self.version_of, count)
         while not self._stop.is_set():
             assembler.tick()
@@ -179,6 +184,13 @@ class Node:
         while not self._stop.is_set():
             if not worker.run_once():
                 self._stop.wait(0.2)
+
+    def _watchdog_loop(self) -> None:
+        store = self.open_store()
+        assembler = Assembler(store, self.settings, self.version_of)  # completion without asking the PACS
+        watchdog = Watchdog(store, self.settings, lambda uid, why: assembler.complete(uid, why))
+        while not self._stop.wait(self.settings.watchdog.interval_seconds):
+            watchdog.tick()
 
     def _outbox_loop(self) -> None:
         store = self.open_store()

@@ -1,7 +1,8 @@
-"""The one SQLite schema (sqlite-utils, WAL): instances, studies, jobs, results, outbox, events.
+"""The one SQLite schema (sqlite-utils, WAL): instances, studies, jobs, runs, results, outbox, events.
 
-Every state change of a study or job is one transaction here, so the node can be killed anywhere and resume.
-One ``Store`` per thread: SQLite connections are not shared across threads.
+Every state change of a study, job or run is one transaction here that checks the state it comes from
+(``node.states`` lists the transitions and who makes each), so the node can be killed anywhere and resume, and a
+late writer never overwrites a newer state. One ``Store`` per thread: SQLite connections are not shared.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import sqlite_utils
 
-# Study states: receiving -> complete -> processing -> sent | failed | no-pipeline
-# Job states:   queued -> running -> sending -> sent | failed
-UNFINISHED_JOB_STATES = ("queued", "running", "sending")
+from node.states import (
+    FINAL_STUDY_STATES, UNFINISHED_JOB_STATES, JobState, RunState, StudyState, job_sources, study_sources,
+)
 
 _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
     "instances": (
@@ -26,6 +28,8 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
             "sop_instance_uid": str, "study_uid": str, "series_uid": str, "sop_class_uid": str, "modality": str,
             "body_part": str, "series_description": str, "transfer_syntax": str, "path": str, "size": int,
             "calling_ae": str, "received_at": float,
+            # sha256 of the dataset as received; role: "source" or "own-result" (the node's SR/SC coming back)
+            "digest": str, "role": str, "resent": int, "conflicts": int,
         },
         "sop_instance_uid",
     ),
@@ -35,6 +39,9 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
             "state": str, "instance_count": int, "expected_count": int, "expected_checked_at": float,
             "first_received_at": float, "last_received_at": float, "completed_at": float,
             "completed_reason": str, "updated_at": float,
+            # why the study is in its state; re-open bookkeeping; a pending manual trigger / reprocess request
+            "state_reason": str, "reopen_count": int, "reopened_at": float, "reopen_reason": str,
+            "complete_now": str, "reprocess": str,
         },
         "study_uid",
     ),
@@ -44,21 +51,53 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
             "attempts": int, "lease_until": float, "lease_owner": str, "error": str, "created_at": float,
             "updated_at": float, "timings": str, "fhir_status": str, "n_findings": int, "inputs_missing": str,
             "sr_sop_uid": str,
+            # inputs: JSON list of the SOP Instance UIDs routing selected (selected once, here); generation is
+            # bumped at each (re-)queue; active_run_id is the run holding the lease; current_run_id the run whose
+            # results are the job's current results
+            "inputs": str, "generation": int, "runs": int, "active_run_id": str, "current_run_id": str,
+            "state_reason": str,
         },
         "job_id",
     ),
+    "runs": (
+        {
+            "run_id": str, "job_id": str, "study_uid": str, "pipeline": str, "pipeline_version": str,
+            "generation": int, "state": str, "inputs": str, "input_digest": str, "started_at": float,
+            "finished_at": float, "sr_sop_uid": str, "predecessor_sr_uid": str, "n_findings": int,
+            "fhir_status": str, "detail": str,
+        },
+        "run_id",
+    ),
     "results": (
-        {"sop_instance_uid": str, "job_id": str, "study_uid": str, "kind": str, "path": str, "created_at": float},
+        {"sop_instance_uid": str, "job_id": str, "run_id": str, "study_uid": str, "series_uid": str, "kind": str,
+         "path": str, "created_at": float},
         "sop_instance_uid",
     ),
     "outbox": (
         {
-            "item_id": str, "sop_instance_uid": str, "job_id": str, "destination": str, "path": str, "state": str,
-            "attempts": int, "next_attempt_at": float, "last_error": str, "sent_at": float, "created_at": float,
+            "item_id": str, "sop_instance_uid": str, "job_id": str, "run_id": str, "destination": str, "path": str,
+            "state": str, "attempts": int, "next_attempt_at": float, "last_error": str, "sent_at": float,
+            "created_at": float,
         },
         "item_id",
     ),
+    "events": (
+        {"event_id": int, "ts": float, "study_uid": str, "job_id": str, "event": str, "detail": str},
+        "event_id",
+    ),
 }
+
+
+class StateConflict(RuntimeError):
+    """A transition was refused because the row is no longer in a state it may be made from."""
+
+
+class IndexOutcome(StrEnum):
+    NEW = "new"  # a new instance of the study
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same content: nothing changes
+    CONFLICT_KEPT = "conflict-kept"  # same UID, different content, the first one kept (policy keep-first)
+    REPLACED = "replaced"  # same UID, different content, replaced (policy replace)
+    OWN_RESULT = "own-result"  # one of the node's own results came back: stored, never counted or routed
 
 
 @dataclass(frozen=True)
@@ -78,6 +117,42 @@ class IndexedInstance:
     patient_age: float | None
     patient_sex: str
     study_date: str
+    digest: str = ""
+    own_result: bool = False
+    # the pipelines whose routing rules match this instance (computed by the listener from the config)
+    routed_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KnownInstance:
+    digest: str
+    path: str
+    role: str
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the assembler wants a pipeline to read at completion; ``force`` re-runs with unchanged inputs."""
+
+    pipeline: str
+    version: str
+    inputs: tuple[str, ...]
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the worker reports for a finished run."""
+
+    input_digest: str
+    objects: tuple[tuple[str, str, str, str], ...]  # (sop_uid, series_uid, kind, path); empty when unchanged
+    unchanged: bool
+    summary: dict[str, Any]  # timings, fhir_status, n_findings, inputs_missing, sr_sop_uid
+    predecessor_sr_uid: str | None = None
+
+
+def _in(states: Sequence[str]) -> str:
+    return "(" + ",".join("?" * len(states)) + ")"
 
 
 class Store:
@@ -95,15 +170,19 @@ class Store:
 
     def _ensure_schema(self) -> None:
         for name, (columns, pk) in _SCHEMA.items():
-            self.db[name].create(columns, pk=pk, if_not_exists=True)  # type: ignore[union-attr]
-        if "events" not in self.db.table_names():
-            self.db["events"].create(  # type: ignore[union-attr]
-                {"event_id": int, "ts": float, "study_uid": str, "job_id": str, "event": str, "detail": str},
-                pk="event_id",
-            )
+            table = self.db[name]
+            if not table.exists():
+                table.create(columns, pk=pk)  # type: ignore[union-attr]
+                continue
+            have = set(table.columns_dict)  # a database of an earlier version: add what it lacks
+            for column, kind in columns.items():
+                if column not in have:
+                    table.add_column(column, kind)  # type: ignore[union-attr]
         self.db["instances"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["jobs"].create_index(["state"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["runs"].create_index(["job_id"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["outbox"].create_index(["state", "next_attempt_at"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["outbox"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.db.conn.close()
@@ -119,6 +198,10 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        rows = list(self.db.query(sql, list(params)))
+        return rows[0] if rows else None
+
     def _event(self, event: str, study_uid: str = "", job_id: str = "", detail: str = "") -> None:
         self.db["events"].insert(  # type: ignore[union-attr]
             {"ts": time.time(), "study_uid": study_uid, "job_id": job_id, "event": event, "detail": detail}
@@ -128,61 +211,175 @@ class Store:
         with self.transaction():
             self._event(event, study_uid, job_id, detail)
 
+    # -- transitions (the only writers of a state column) -------------------------------------------------------
+
+    def _study_to(self, study_uid: str, to: StudyState, now: float, reason: str, **columns: Any) -> bool:
+        sources = study_sources(to)
+        sets = "".join(f", {k} = ?" for k in columns)
+        cur = self.db.execute(
+            f"UPDATE studies SET state = ?, state_reason = ?, updated_at = ?{sets} "
+            f"WHERE study_uid = ? AND state IN {_in(sources)}",
+            [str(to), reason, now, *columns.values(), study_uid, *sources],
+        )
+        return cur.rowcount == 1
+
+    def _job_to(self, job_id: str, to: JobState, now: float, reason: str | None, *, only_from: Sequence[str] = (),
+                **columns: Any) -> bool:
+        sources = [s for s in job_sources(to) if not only_from or s in only_from]
+        sets = "".join(f", {k} = ?" for k in columns)
+        cur = self.db.execute(
+            f"UPDATE jobs SET state = ?, state_reason = ?, updated_at = ?{sets} "
+            f"WHERE job_id = ? AND state IN {_in(sources)}",
+            [str(to), reason, now, *columns.values(), job_id, *sources],
+        )
+        return cur.rowcount == 1
+
     # -- instances and studies -------------------------------------------------------------------------------
 
-    def index_instance(self, inst: IndexedInstance, now: float | None = None) -> bool:
-        """Record a stored instance; returns False when the SOP Instance UID was already indexed (idempotent)."""
+    def known_instance(self, sop_instance_uid: str) -> KnownInstance | None:
+        row = self.db.execute(
+            "SELECT digest, path, role FROM instances WHERE sop_instance_uid = ?", [sop_instance_uid]
+        ).fetchone()
+        return KnownInstance(row[0] or "", row[1], row[2] or "source") if row else None
+
+    def is_own_result(self, sop_instance_uid: str, series_uid: str) -> bool:
+        """True for an object the node wrote (by its SOP Instance UID or its result series)."""
+        row = self.db.execute(
+            "SELECT 1 FROM results WHERE sop_instance_uid = ? OR series_uid = ? LIMIT 1", [sop_instance_uid, series_uid]
+        ).fetchone()
+        return row is not None
+
+    def index_instance(self, inst: IndexedInstance, now: float | None = None) -> IndexOutcome:
+        """Record a stored instance. A late instance re-opens a finished study only when a pipeline reads it."""
         now = time.time() if now is None else now
         with self.transaction():
-            known = self.db.execute(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", [inst.sop_instance_uid]
-            ).fetchone()
-            if known:
-                return False
+            known = self.known_instance(inst.sop_instance_uid)
+            if known is not None:
+                return self._index_known(inst, known, now)
             self.db["instances"].insert(  # type: ignore[union-attr]
                 {
                     "sop_instance_uid": inst.sop_instance_uid, "study_uid": inst.study_uid,
                     "series_uid": inst.series_uid, "sop_class_uid": inst.sop_class_uid, "modality": inst.modality,
                     "body_part": inst.body_part, "series_description": inst.series_description,
                     "transfer_syntax": inst.transfer_syntax, "path": inst.path, "size": inst.size,
-                    "calling_ae": inst.calling_ae, "received_at": now,
+                    "calling_ae": inst.calling_ae, "received_at": now, "digest": inst.digest,
+                    "role": "own-result" if inst.own_result else "source", "resent": 0, "conflicts": 0,
                 }
             )
+            if inst.own_result:
+                self._event("own-result-stored", inst.study_uid, detail="not counted, never routed")
+                return IndexOutcome.OWN_RESULT
             study = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", [inst.study_uid]).fetchone()
             if study is None:
                 self.db["studies"].insert(  # type: ignore[union-attr]
                     {
                         "study_uid": inst.study_uid, "patient_id": inst.patient_id,
                         "patient_age": inst.patient_age, "patient_sex": inst.patient_sex,
-                        "study_date": inst.study_date, "state": "receiving", "instance_count": 1,
+                        "study_date": inst.study_date, "state": str(StudyState.RECEIVING), "instance_count": 1,
                         "expected_count": None, "expected_checked_at": None, "first_received_at": now,
                         "last_received_at": now, "completed_at": None, "completed_reason": None, "updated_at": now,
+                        "state_reason": "receiving instances", "reopen_count": 0, "complete_now": None,
+                        "reprocess": None,
                     }
                 )
                 self._event("study-opened", inst.study_uid)
-            else:
-                # A late instance re-opens a finished study: it is assembled and processed again with the new input.
-                self.db.execute(
-                    "UPDATE studies SET instance_count = instance_count + 1, last_received_at = ?, updated_at = ?, "
-                    "state = 'receiving', completed_at = NULL, completed_reason = NULL WHERE study_uid = ?",
-                    [now, now, inst.study_uid],
-                )
-                if study[0] != "receiving":
-                    self._event("study-reopened", inst.study_uid, detail=f"late instance after state {study[0]}")
-        return True
+                return IndexOutcome.NEW
+            self.db.execute(
+                "UPDATE studies SET instance_count = instance_count + 1, last_received_at = ? WHERE study_uid = ?",
+                [now, inst.study_uid],
+            )
+            if study[0] != StudyState.RECEIVING:
+                self._late_instance(inst.study_uid, StudyState(study[0]), inst.routed_to, "late instance", now)
+        return IndexOutcome.NEW
+
+    def _index_known(self, inst: IndexedInstance, known: KnownInstance, now: float) -> IndexOutcome:
+        if known.digest == inst.digest or not inst.digest:
+            self.db.execute("UPDATE instances SET resent = resent + 1 WHERE sop_instance_uid = ?",
+                            [inst.sop_instance_uid])
+            return IndexOutcome.DUPLICATE
+        self.db.execute("UPDATE instances SET conflicts = conflicts + 1 WHERE sop_instance_uid = ?",
+                        [inst.sop_instance_uid])
+        self._event("instance-conflict", inst.study_uid,
+                    detail="re-sent with the same SOP Instance UID and different content; the first one is kept")
+        return IndexOutcome.CONFLICT_KEPT
+
+    def replace_instance(self, inst: IndexedInstance, now: float | None = None) -> str | None:
+        """Policy "replace": point the index at the new file and re-open the study if a pipeline reads it.
+
+        Returns the path of the replaced file (for the caller to delete), None if the instance was unknown.
+        """
+        now = time.time() if now is None else now
+        with self.transaction():
+            known = self.known_instance(inst.sop_instance_uid)
+            if known is None:
+                return None
+            self.db.execute(
+                "UPDATE instances SET path = ?, size = ?, digest = ?, transfer_syntax = ?, conflicts = conflicts + 1, "
+                "received_at = ? WHERE sop_instance_uid = ?",
+                [inst.path, inst.size, inst.digest, inst.transfer_syntax, now, inst.sop_instance_uid],
+            )
+            self._event("instance-replaced", inst.study_uid,
+                        detail="re-sent with the same SOP Instance UID and different content; replaced")
+            row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", [inst.study_uid]).fetchone()
+            if row is not None and known.role == "source":
+                self.db.execute("UPDATE studies SET last_received_at = ? WHERE study_uid = ?", [now, inst.study_uid])
+                if row[0] != StudyState.RECEIVING:
+                    self._late_instance(inst.study_uid, StudyState(row[0]), inst.routed_to,
+                                        "instance replaced with different content", now)
+            return known.path
+
+    def _late_instance(self, study_uid: str, state: StudyState, routed_to: tuple[str, ...], what: str,
+                       now: float) -> None:
+        if not routed_to:
+            self._event("late-instance-not-routed", study_uid,
+                        detail=f"{what} after state {state}: stored, no pipeline reads it, nothing re-run")
+            return
+        reason = f"{what} for {', '.join(routed_to)} after state {state}"
+        self._reopen(study_uid, reason, now)
+
+    def _reopen(self, study_uid: str, reason: str, now: float) -> None:
+        # The PACS count is asked again (it has grown); the quiet period starts from the last instance.
+        self._study_to(
+            study_uid, StudyState.RECEIVING, now, f"re-opened: {reason}", completed_at=None,
+            expected_count=None, expected_checked_at=None, reopened_at=now, reopen_reason=reason,
+            reopen_count=self._scalar("SELECT reopen_count FROM studies WHERE study_uid = ?", [study_uid]) + 1,
+        )
+        self._event("study-reopened", study_uid, detail=reason)
+
+    def _scalar(self, sql: str, params: Sequence[Any]) -> int:
+        row = self.db.execute(sql, list(params)).fetchone()
+        return int(row[0] or 0) if row else 0
 
     def study(self, study_uid: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM studies WHERE study_uid = ?", [study_uid]))
-        return rows[0] if rows else None
+        return self._one("SELECT * FROM studies WHERE study_uid = ?", [study_uid])
 
     def studies(self, limit: int = 500) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM studies ORDER BY last_received_at DESC LIMIT ?", [limit]))
 
-    def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM instances WHERE study_uid = ? ORDER BY received_at", [study_uid]))
+    def study_instances(self, study_uid: str, role: str | None = "source") -> list[dict[str, Any]]:
+        """The study's instances (by default the ones it was sent; ``role=None``: the node's own results too)."""
+        if role is None:
+            return list(self.db.query("SELECT * FROM instances WHERE study_uid = ? ORDER BY received_at", [study_uid]))
+        return list(self.db.query(
+            "SELECT * FROM instances WHERE study_uid = ? AND role = ? ORDER BY received_at", [study_uid, role]
+        ))
+
+    def instances_by_uid(self, sop_instance_uids: Sequence[str]) -> list[dict[str, Any]]:
+        rows = {r["sop_instance_uid"]: r for r in self.db.query(
+            f"SELECT * FROM instances WHERE sop_instance_uid IN {_in(sop_instance_uids)}", list(sop_instance_uids)
+        )} if sop_instance_uids else {}
+        return [rows[u] for u in sop_instance_uids if u in rows]
+
+    def own_series(self, study_uid: str) -> set[str]:
+        """Series UIDs of the node's own results in the study (excluded from the PACS's instance count)."""
+        rows = self.db.execute(
+            "SELECT series_uid FROM results WHERE study_uid = ? UNION "
+            "SELECT series_uid FROM instances WHERE study_uid = ? AND role = 'own-result'", [study_uid, study_uid]
+        ).fetchall()
+        return {r[0] for r in rows if r[0]}
 
     def studies_in_state(self, state: str) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM studies WHERE state = ?", [state]))
+        return list(self.db.query("SELECT * FROM studies WHERE state = ?", [str(state)]))
 
     def set_expected_count(self, study_uid: str, expected: int | None, now: float) -> None:
         with self.transaction():
@@ -191,151 +388,283 @@ class Store:
                 [expected, now, study_uid],
             )
 
-    def complete_study(self, study_uid: str, reason: str, jobs: list[tuple[str, str]], now: float | None = None) -> bool:
-        """Mark a receiving study complete and queue one job per (pipeline, version), in one transaction.
+    def complete_study(self, study_uid: str, reason: str, plans: Sequence[JobPlan],
+                       now: float | None = None) -> bool:
+        """Mark a receiving study complete and (re-)queue the jobs whose inputs changed, in one transaction.
 
-        Returns False if the study was not in state 'receiving' (another thread completed it first).
+        A job is queued when it is new, when its inputs differ from the ones it last ran on, or when forced
+        (reprocess). Returns False if the study was not receiving (another thread completed it first).
         """
         now = time.time() if now is None else now
         with self.transaction():
             row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", [study_uid]).fetchone()
-            if row is None or row[0] != "receiving":
+            if row is None or row[0] != StudyState.RECEIVING:
                 return False
-            state = "processing" if jobs else "no-pipeline"
-            self.db.execute(
-                "UPDATE studies SET state = ?, completed_at = ?, completed_reason = ?, updated_at = ? "
-                "WHERE study_uid = ?",
-                [state, now, reason, now, study_uid],
-            )
-            self._event("study-complete", study_uid, detail=reason)
-            if not jobs:
+            queued = [plan.pipeline for plan in plans if self._plan_job(study_uid, plan, now)]
+            columns = dict(completed_at=now, completed_reason=reason, complete_now=None, reprocess=None)
+            if not plans:
+                self._study_to(study_uid, StudyState.NO_PIPELINE, now, "no routing rule matched", **columns)
                 self._event("no-pipeline", study_uid, detail="no routing rule matched")
-            for pipeline, version in jobs:
-                job_id = f"{study_uid}/{pipeline}"
-                self.db["jobs"].upsert(  # type: ignore[union-attr]
-                    {
-                        "job_id": job_id, "study_uid": study_uid, "pipeline": pipeline, "pipeline_version": version,
-                        "state": "queued", "attempts": 0, "lease_until": None, "lease_owner": None, "error": None,
-                        "created_at": now, "updated_at": now, "timings": "{}",
-                    },
-                    pk="job_id",
-                )
-                self._event("job-queued", study_uid, job_id)
+            elif queued:
+                self._study_to(study_uid, StudyState.PROCESSING, now, f"processing: {', '.join(queued)}", **columns)
+            else:
+                self._study_to(study_uid, StudyState.PROCESSING, now, "complete again: waiting for earlier results",
+                               **columns)
+                self._settle_study(study_uid, now, why="complete again; no pipeline's inputs changed, nothing re-run")
+            self._event("study-complete", study_uid, detail=f"{reason}; queued: {', '.join(queued) or 'none'}")
         return True
 
-    def request_processing(self, study_uid: str) -> bool:
-        """Manual trigger: mark the study's quiet period over now, whatever its state. False if unknown."""
+    def _plan_job(self, study_uid: str, plan: JobPlan, now: float) -> bool:
+        job_id = f"{study_uid}/{plan.pipeline}"
+        inputs = json.dumps(sorted(plan.inputs))
+        job = self._one("SELECT state, inputs, pipeline_version FROM jobs WHERE job_id = ?", [job_id])
+        if job is None:
+            self.db["jobs"].insert(  # type: ignore[union-attr]
+                {
+                    "job_id": job_id, "study_uid": study_uid, "pipeline": plan.pipeline,
+                    "pipeline_version": plan.version, "state": str(JobState.QUEUED), "attempts": 0,
+                    "lease_until": None, "lease_owner": None, "error": None, "created_at": now, "updated_at": now,
+                    "timings": "{}", "inputs": inputs, "generation": 1, "runs": 0, "active_run_id": None,
+                    "current_run_id": None, "state_reason": "study complete",
+                }
+            )
+            self._event("job-queued", study_uid, job_id)
+            return True
+        same = job["inputs"] == inputs and job["pipeline_version"] == plan.version
+        if same and not plan.force:
+            return False
+        why = "reprocess requested" if same else "inputs changed: re-run"
+        self.db.execute(
+            "UPDATE jobs SET inputs = ?, pipeline_version = ?, generation = generation + 1 WHERE job_id = ?",
+            [inputs, plan.version, job_id],
+        )
+        if job["state"] == JobState.RUNNING:
+            # The running worker sees the new generation when it finishes and re-queues the job then.
+            self._event("job-rerun-requested", study_uid, job_id, detail=f"{why} (after the current run)")
+            return True
+        if job["state"] != JobState.QUEUED:
+            self._job_to(job_id, JobState.QUEUED, now, why, attempts=0, error=None)
+        self._event("job-queued", study_uid, job_id, detail=why)
+        return True
+
+    def request_processing(self, study_uid: str, reprocess: str | None = None) -> bool:
+        """Manual trigger: complete the study on the next assembly pass, whatever its state. False if unknown.
+
+        ``reprocess``: "*" or a pipeline name to re-run even when its inputs did not change.
+        """
+        now = time.time()
         with self.transaction():
             row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", [study_uid]).fetchone()
             if row is None:
                 return False
-            self.db.execute(
-                "UPDATE studies SET state = 'receiving', expected_count = instance_count, updated_at = ? "
-                "WHERE study_uid = ?",
-                [time.time(), study_uid],
-            )
-            self._event("manual-trigger", study_uid)
+            what = f"reprocess requested ({reprocess})" if reprocess else "manual trigger"
+            if row[0] != StudyState.RECEIVING:
+                self._reopen(study_uid, what, now)
+            self.db.execute("UPDATE studies SET complete_now = ?, reprocess = ? WHERE study_uid = ?",
+                            [what, reprocess, study_uid])
+            self._event("manual-trigger", study_uid, detail=what)
         return True
 
-    # -- jobs ---------------------------------------------------------------------------------------------------
+    # -- jobs and runs ------------------------------------------------------------------------------------------
 
     def claim_job(self, owner: str, lease_seconds: float, now: float | None = None) -> dict[str, Any] | None:
-        """Claim the oldest queued job, or one whose lease expired; never deletes it (a kill loses nothing)."""
+        """Claim the oldest queued job (or one whose lease expired) of a complete study, and open a run for it.
+
+        Never deletes anything (a kill loses nothing). Jobs of a re-opened study wait for it to complete again, so
+        a run always covers every routed instance received before it began. Returns the job row plus ``run_id``.
+        """
         now = time.time() if now is None else now
         with self.transaction():
             row = self.db.execute(
-                "SELECT job_id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
-                "ORDER BY created_at LIMIT 1",
-                [now],
+                "SELECT j.job_id, j.runs, j.active_run_id FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
+                "WHERE s.state = ? AND (j.state = ? OR (j.state = ? AND j.lease_until < ?)) "
+                "ORDER BY j.updated_at LIMIT 1",
+                [str(StudyState.PROCESSING), str(JobState.QUEUED), str(JobState.RUNNING), now],
             ).fetchone()
             if row is None:
                 return None
-            self.db.execute(
-                "UPDATE jobs SET state = 'running', lease_until = ?, lease_owner = ?, attempts = attempts + 1, "
-                "updated_at = ? WHERE job_id = ?",
-                [now + lease_seconds, owner, now, row[0]],
+            job_id, n_runs, abandoned = row
+            if abandoned:
+                self._abandon_run(abandoned, "the worker's lease expired", now)
+            run_id = f"{job_id}#{int(n_runs or 0) + 1}"
+            ok = self._job_to(
+                job_id, JobState.RUNNING, now, f"running ({run_id.rsplit('#', 1)[1]})", lease_until=now + lease_seconds,
+                lease_owner=owner, attempts=self._scalar("SELECT attempts FROM jobs WHERE job_id = ?", [job_id]) + 1,
+                runs=int(n_runs or 0) + 1, active_run_id=run_id,
             )
-            self._event("job-running", job_id=row[0])
-        return dict(next(self.db.query("SELECT * FROM jobs WHERE job_id = ?", [row[0]])))
+            if not ok:
+                raise StateConflict(f"job {job_id} could not be claimed")
+            job = self._one("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+            assert job is not None
+            self.db["runs"].insert(  # type: ignore[union-attr]
+                {
+                    "run_id": run_id, "job_id": job_id, "study_uid": job["study_uid"], "pipeline": job["pipeline"],
+                    "pipeline_version": job["pipeline_version"], "generation": job["generation"],
+                    "state": str(RunState.RUNNING), "inputs": job["inputs"], "input_digest": None, "started_at": now,
+                    "finished_at": None, "sr_sop_uid": None, "predecessor_sr_uid": None, "n_findings": None,
+                    "fhir_status": None, "detail": None,
+                }
+            )
+            self._event("job-running", job["study_uid"], job_id, detail=run_id)
+        return {**job, "run_id": run_id}
+
+    def _abandon_run(self, run_id: str, why: str, now: float) -> None:
+        self.db.execute(
+            "UPDATE runs SET state = ?, finished_at = ?, detail = ? WHERE run_id = ? AND state = ?",
+            [str(RunState.FAILED), now, f"abandoned: {why}", run_id, str(RunState.RUNNING)],
+        )
 
     def release_leases_of_dead_owners(self, live_owner: str) -> int:
         """At start-up no other worker of this node is alive: hand every running job back to the queue."""
+        now = time.time()
         with self.transaction():
-            cur = self.db.execute(
-                "UPDATE jobs SET state = 'queued', lease_until = NULL, lease_owner = NULL "
-                "WHERE state = 'running' AND (lease_owner IS NULL OR lease_owner != ?)",
-                [live_owner],
-            )
-            return int(cur.rowcount)
+            rows = self.db.execute(
+                "SELECT job_id, active_run_id FROM jobs WHERE state = ? AND (lease_owner IS NULL OR lease_owner != ?)",
+                [str(JobState.RUNNING), live_owner],
+            ).fetchall()
+            for job_id, run_id in rows:
+                if run_id:
+                    self._abandon_run(run_id, "the node stopped during the run", now)
+                self._job_to(job_id, JobState.QUEUED, now, "resumed after a restart", lease_until=None,
+                             lease_owner=None, active_run_id=None)
+            return len(rows)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM jobs WHERE job_id = ?", [job_id]))
-        return rows[0] if rows else None
+        return self._one("SELECT * FROM jobs WHERE job_id = ?", [job_id])
 
     def jobs(self, study_uid: str | None = None) -> list[dict[str, Any]]:
         if study_uid is None:
             return list(self.db.query("SELECT * FROM jobs ORDER BY created_at DESC"))
         return list(self.db.query("SELECT * FROM jobs WHERE study_uid = ? ORDER BY created_at", [study_uid]))
 
-    def finish_job_with_results(
-        self,
-        job_id: str,
-        results: list[tuple[str, str, str]],
-        destination: str | None,
-        summary: dict[str, Any],
-        now: float | None = None,
-    ) -> None:
-        """Record result files (sop_uid, kind, path) and queue them for delivery, in one transaction."""
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM runs WHERE run_id = ?", [run_id])
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM runs WHERE job_id = ? ORDER BY started_at", [job_id]))
+
+    def current_run(self, job_id: str) -> dict[str, Any] | None:
+        """The run whose results are the job's current results (sending or sent), if any."""
+        return self._one(
+            "SELECT r.* FROM runs r JOIN jobs j ON j.current_run_id = r.run_id WHERE j.job_id = ?", [job_id]
+        )
+
+    def results_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM results WHERE run_id = ? ORDER BY kind DESC, sop_instance_uid",
+                                  [run_id]))
+
+    def finish_run(self, run_id: str, outcome: RunOutcome, destination: str | None,
+                   now: float | None = None) -> RunState | None:
+        """Record a run's results and queue them for delivery, in one transaction.
+
+        Returns the run's final state, or None when the run no longer holds its job (its lease expired and the
+        job was claimed again): then nothing is recorded. Results of a run whose job was re-queued while it ran
+        (inputs changed) are kept on disk but not sent: the next run supersedes them before anyone could read them.
+        """
         now = time.time() if now is None else now
         with self.transaction():
-            job = self.db.execute("SELECT study_uid FROM jobs WHERE job_id = ?", [job_id]).fetchone()
-            study_uid = job[0]
-            for sop_uid, kind, path in results:
+            run = self._one("SELECT * FROM runs WHERE run_id = ?", [run_id])
+            job = self._one("SELECT * FROM jobs WHERE job_id = ?", [run["job_id"]]) if run else None
+            if run is None or job is None or job["active_run_id"] != run_id or job["state"] != JobState.RUNNING:
+                return None
+            job_id, study_uid = job["job_id"], job["study_uid"]
+            s = outcome.summary
+            run_cols: dict[str, Any] = dict(
+                finished_at=now, input_digest=outcome.input_digest, n_findings=s["n_findings"],
+                fhir_status=s["fhir_status"],
+            )
+            job_cols: dict[str, Any] = dict(
+                lease_until=None, active_run_id=None, timings=json.dumps(s["timings"]), fhir_status=s["fhir_status"],
+                error=None,
+            )
+            if job["generation"] != run["generation"]:
+                self._set_run(run_id, RunState.SUPERSEDED, detail="inputs changed during the run: not sent, re-run",
+                              **run_cols)
+                self._job_to(job_id, JobState.QUEUED, now, "inputs changed during the run: re-run", attempts=0,
+                             **job_cols)
+                self._event("run-outdated", study_uid, job_id, detail=run_id)
+                self._settle_study(study_uid, now)
+                return RunState.SUPERSEDED
+            current = self.current_run(job_id)
+            if outcome.unchanged and current is not None:
+                self._set_run(run_id, RunState.UNCHANGED, detail=f"same inputs as {current['run_id']}: nothing sent",
+                              sr_sop_uid=current["sr_sop_uid"], **run_cols)
+                to = JobState.SENT if current["state"] in (RunState.SENT, RunState.UNCHANGED) else JobState.SENDING
+                if current["state"] == RunState.FAILED:
+                    to = JobState.FAILED
+                self._job_to(job_id, to, now, "inputs unchanged: nothing new sent", **job_cols)
+                self._event("run-unchanged", study_uid, job_id, detail=run_id)
+                self._settle_study(study_uid, now)
+                return RunState.UNCHANGED
+            for sop_uid, series_uid, kind, path in outcome.objects:
                 self.db["results"].upsert(  # type: ignore[union-attr]
-                    {"sop_instance_uid": sop_uid, "job_id": job_id, "study_uid": study_uid, "kind": kind,
-                     "path": path, "created_at": now},
+                    {"sop_instance_uid": sop_uid, "job_id": job_id, "run_id": run_id, "study_uid": study_uid,
+                     "series_uid": series_uid, "kind": kind, "path": path, "created_at": now},
                     pk="sop_instance_uid",
                 )
                 if destination is not None:
-                    item_id = f"{destination}/{sop_uid}"
-                    exists = self.db.execute("SELECT state FROM outbox WHERE item_id = ?", [item_id]).fetchone()
-                    if exists is None:
-                        self.db["outbox"].insert(  # type: ignore[union-attr]
-                            {"item_id": item_id, "sop_instance_uid": sop_uid, "job_id": job_id,
-                             "destination": destination, "path": path, "state": "pending", "attempts": 0,
-                             "next_attempt_at": now, "last_error": None, "sent_at": None, "created_at": now}
-                        )
-            new_state = "sending" if destination is not None else "sent"
-            self.db.execute(
-                "UPDATE jobs SET state = ?, lease_until = NULL, updated_at = ?, timings = ?, fhir_status = ?, "
-                "n_findings = ?, inputs_missing = ?, sr_sop_uid = ?, error = NULL WHERE job_id = ?",
-                [new_state, now, json.dumps(summary["timings"]), summary["fhir_status"], summary["n_findings"],
-                 ",".join(summary["inputs_missing"]), summary["sr_sop_uid"], job_id],
+                    self._queue_delivery(destination, sop_uid, job_id, run_id, path, now)
+            pending = destination is not None and self._scalar(
+                "SELECT COUNT(*) FROM outbox WHERE run_id = ? AND state = 'pending'", [run_id]) > 0
+            state = RunState.SENDING if pending else RunState.SENT
+            self._set_run(run_id, state, sr_sop_uid=s["sr_sop_uid"], predecessor_sr_uid=outcome.predecessor_sr_uid,
+                          detail="amends " + current["run_id"] if current else "", **run_cols)
+            if current is not None:
+                self._set_run(current["run_id"], RunState.SUPERSEDED, detail=f"amended by {run_id}")
+            self._job_to(
+                job_id, JobState.SENDING if pending else JobState.SENT, now,
+                "delivering results" if pending else ("results delivered" if destination else "results kept locally"),
+                current_run_id=run_id, n_findings=s["n_findings"], inputs_missing=",".join(s["inputs_missing"]),
+                sr_sop_uid=s["sr_sop_uid"], **job_cols,
             )
-            self._event("results-written", study_uid, job_id, detail=f"{len(results)} objects")
+            self._event("results-written", study_uid, job_id,
+                        detail=f"{run_id}: {len(outcome.objects)} objects" + (" (amendment)" if current else ""))
             self._settle_study(study_uid, now)
+            return state
 
-    def fail_job(self, job_id: str, error: str, retry: bool, now: float | None = None) -> None:
+    def _set_run(self, run_id: str, state: RunState, **columns: Any) -> None:
+        sets = "".join(f", {k} = ?" for k in columns)
+        self.db.execute(f"UPDATE runs SET state = ?{sets} WHERE run_id = ?", [str(state), *columns.values(), run_id])
+
+    def _queue_delivery(self, destination: str, sop_uid: str, job_id: str, run_id: str, path: str, now: float) -> None:
+        item_id = f"{destination}/{sop_uid}"
+        if self.db.execute("SELECT 1 FROM outbox WHERE item_id = ?", [item_id]).fetchone() is not None:
+            return  # deterministic UIDs: the same object was already queued (or sent) by an earlier run
+        self.db["outbox"].insert(  # type: ignore[union-attr]
+            {"item_id": item_id, "sop_instance_uid": sop_uid, "job_id": job_id, "run_id": run_id,
+             "destination": destination, "path": path, "state": "pending", "attempts": 0, "next_attempt_at": now,
+             "last_error": None, "sent_at": None, "created_at": now}
+        )
+
+    def fail_run(self, run_id: str, error: str, retry: bool, now: float | None = None) -> bool:
+        """A run raised: re-queue the job (``retry``) or fail it. False when the run no longer holds its job."""
         now = time.time() if now is None else now
         with self.transaction():
-            row = self.db.execute("SELECT study_uid FROM jobs WHERE job_id = ?", [job_id]).fetchone()
-            self.db.execute(
-                "UPDATE jobs SET state = ?, error = ?, lease_until = NULL, updated_at = ? WHERE job_id = ?",
-                ["queued" if retry else "failed", error[:2000], now, job_id],
+            run = self._one("SELECT * FROM runs WHERE run_id = ?", [run_id])
+            job = self._one("SELECT * FROM jobs WHERE job_id = ?", [run["job_id"]]) if run else None
+            if run is None or job is None or job["active_run_id"] != run_id or job["state"] != JobState.RUNNING:
+                return False
+            self._set_run(run_id, RunState.FAILED, finished_at=now, detail=error[:500])
+            retry = retry or job["generation"] != run["generation"]
+            self._job_to(
+                job["job_id"], JobState.QUEUED if retry else JobState.FAILED, now,
+                f"error, will retry: {error[:200]}" if retry else f"failed: {error[:200]}",
+                error=error[:2000], lease_until=None, active_run_id=None,
             )
-            self._event("job-error" if retry else "job-failed", row[0], job_id, detail=error[:500])
-            self._settle_study(row[0], now)
+            self._event("job-error" if retry else "job-failed", job["study_uid"], job["job_id"], detail=error[:500])
+            self._settle_study(job["study_uid"], now)
+            return True
 
-    def _settle_study(self, study_uid: str, now: float) -> None:
-        """A study is sent when all its jobs are sent, failed when any failed and none is unfinished."""
+    def _settle_study(self, study_uid: str, now: float, why: str = "") -> None:
+        """A processing study is sent when all its jobs are sent, failed when one failed and none is unfinished."""
         states = [r[0] for r in self.db.execute("SELECT state FROM jobs WHERE study_uid = ?", [study_uid])]
         if not states or any(s in UNFINISHED_JOB_STATES for s in states):
             return
-        study_state = "failed" if "failed" in states else "sent"
-        self.db.execute(
-            "UPDATE studies SET state = ?, updated_at = ? WHERE study_uid = ? AND state = 'processing'",
-            [study_state, now, study_uid],
-        )
+        failed = JobState.FAILED in states
+        to = StudyState.FAILED if failed else StudyState.SENT
+        reason = why or ("a job failed: see its error" if failed else "all results delivered")
+        if self._study_to(study_uid, to, now, reason):
+            self._event(f"study-{to}", study_uid, detail=reason)
 
     def set_job_timings(self, job_id: str, timings: dict[str, float]) -> None:
         with self.transaction():
@@ -362,7 +691,7 @@ class Store:
         with self.transaction():
             self.db.execute(
                 "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL "
-                "WHERE item_id = ?",
+                "WHERE item_id = ? AND state = 'pending'",
                 [now, item_id],
             )
             self._after_outbox_change(item_id, now)
@@ -373,7 +702,7 @@ class Store:
         with self.transaction():
             self.db.execute(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-                "WHERE item_id = ?",
+                "WHERE item_id = ? AND state = 'pending'",
                 ["pending" if next_attempt_at is not None else "dead", error[:1000], next_attempt_at or now, item_id],
             )
             if next_attempt_at is None:
@@ -381,40 +710,95 @@ class Store:
             self._after_outbox_change(item_id, now)
 
     def retry_dead(self) -> int:
+        now = time.time()
         with self.transaction():
+            runs = [r[0] for r in self.db.execute("SELECT DISTINCT run_id FROM outbox WHERE state = 'dead'")]
             cur = self.db.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE state = 'dead'",
-                [time.time()],
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE state = 'dead'", [now],
             )
-            jobs = self.db.execute("SELECT DISTINCT job_id FROM outbox WHERE state = 'pending'").fetchall()
-            for (job_id,) in jobs:
-                self.db.execute("UPDATE jobs SET state = 'sending' WHERE job_id = ? AND state = 'failed'", [job_id])
-                self.db.execute(
-                    "UPDATE studies SET state = 'processing' WHERE study_uid = "
-                    "(SELECT study_uid FROM jobs WHERE job_id = ?) AND state = 'failed'",
-                    [job_id],
-                )
+            for run_id in runs:
+                job = self._one("SELECT j.* FROM jobs j JOIN runs r ON r.job_id = j.job_id WHERE r.run_id = ?",
+                                [run_id])
+                if job is None or job["current_run_id"] != run_id:
+                    continue
+                self._set_run(run_id, RunState.SENDING, detail="deliveries re-queued by retry-dead")
+                if self._job_to(job["job_id"], JobState.SENDING, now, "deliveries re-queued by retry-dead",
+                                only_from=[str(JobState.FAILED)], error=None):
+                    self._study_to(job["study_uid"], StudyState.PROCESSING, now, "deliveries re-queued by retry-dead")
             return int(cur.rowcount)
 
     def _after_outbox_change(self, item_id: str, now: float) -> None:
-        job_id = self.db.execute("SELECT job_id FROM outbox WHERE item_id = ?", [item_id]).fetchone()[0]
-        states = {r[0] for r in self.db.execute("SELECT state FROM outbox WHERE job_id = ?", [job_id])}
+        run_id = self.db.execute("SELECT run_id FROM outbox WHERE item_id = ?", [item_id]).fetchone()[0]
+        states = {r[0] for r in self.db.execute("SELECT state FROM outbox WHERE run_id = ?", [run_id])}
         if "pending" in states:
             return
-        job_state = "failed" if "dead" in states else "sent"
-        row = self.db.execute("SELECT study_uid FROM jobs WHERE job_id = ?", [job_id]).fetchone()
-        self.db.execute(
-            "UPDATE jobs SET state = ?, updated_at = ?, error = ? WHERE job_id = ? AND state = 'sending'",
-            [job_state, now, "delivery failed: see outbox" if job_state == "failed" else None, job_id],
-        )
-        self._event(f"job-{job_state}", row[0], job_id)
-        self._settle_study(row[0], now)
+        run = self._one("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if run is None:
+            return
+        dead = "dead" in states
+        if run["state"] == RunState.SENDING:
+            self._set_run(run_id, RunState.FAILED if dead else RunState.SENT,
+                          detail="delivery failed: see outbox" if dead else "delivered")
+        job = self._one("SELECT * FROM jobs WHERE job_id = ?", [run["job_id"]])
+        if job is None or job["current_run_id"] != run_id:
+            return  # an older, superseded run finished delivering: the job follows its current run
+        to = JobState.FAILED if dead else JobState.SENT
+        if self._job_to(job["job_id"], to, now, "delivery failed: see outbox" if dead else "results delivered",
+                        only_from=[str(JobState.SENDING)], error="delivery failed: see outbox" if dead else None):
+            self._event(f"job-{to}", job["study_uid"], job["job_id"])
+            self._settle_study(job["study_uid"], now)
+
+    # -- watchdog -----------------------------------------------------------------------------------------------
+
+    def settle(self, study_uid: str, why: str) -> None:
+        """Re-derive a processing study's state from its jobs (the watchdog's repair for a missed settle)."""
+        with self.transaction():
+            self._settle_study(study_uid, time.time(), why)
+
+    def settle_job_deliveries(self, job_id: str, why: str) -> bool:
+        """A sending job without pending deliveries of its current run: derive its state from them."""
+        now = time.time()
+        with self.transaction():
+            job = self._one("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+            if job is None or job["state"] != JobState.SENDING:
+                return False
+            states = {r[0] for r in self.db.execute("SELECT state FROM outbox WHERE run_id = ?",
+                                                     [job["current_run_id"]])}
+            if "pending" in states:
+                return False
+            to = JobState.FAILED if "dead" in states else JobState.SENT
+            self._job_to(job_id, to, now, why, only_from=[str(JobState.SENDING)])
+            self._event("watchdog", job["study_uid"], job_id, detail=why)
+            self._settle_study(job["study_uid"], now)
+            return True
+
+    def fail_stuck_job(self, job_id: str, from_state: JobState, why: str) -> bool:
+        now = time.time()
+        with self.transaction():
+            job = self._one("SELECT * FROM jobs WHERE job_id = ?", [job_id])
+            if job is None or job["state"] != from_state:
+                return False
+            if job["active_run_id"]:
+                self._abandon_run(job["active_run_id"], why, now)
+            ok = self._job_to(job_id, JobState.FAILED, now, why, only_from=[str(from_state)], error=why,
+                              lease_until=None, active_run_id=None)
+            if ok:
+                self._event("watchdog", job["study_uid"], job_id, detail=why)
+                self._settle_study(job["study_uid"], now)
+            return ok
+
+    def stale(self, table: str, states: Sequence[str], older_than: float) -> list[dict[str, Any]]:
+        """Rows of ``studies`` or ``jobs`` in one of ``states`` whose state has not changed since ``older_than``."""
+        assert table in ("studies", "jobs")
+        return list(self.db.query(
+            f"SELECT * FROM {table} WHERE state IN {_in(states)} AND updated_at < ?", [*states, older_than]
+        ))
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for table in ("studies", "jobs", "outbox"):
+        for table in ("studies", "jobs", "runs", "outbox"):
             out[table] = {r[0]: r[1] for r in self.db.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")}
         out["instances"] = {"total": self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]}
         return out
@@ -425,3 +809,7 @@ class Store:
         return list(
             self.db.query("SELECT * FROM events WHERE study_uid = ? ORDER BY event_id DESC LIMIT ?", [study_uid, limit])
         )
+
+
+def is_final(study: dict[str, Any]) -> bool:
+    return study["state"] in FINAL_STUDY_STATES

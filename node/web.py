@@ -23,23 +23,38 @@ HealthCheck = Callable[[], dict[str, bool]]
 
 
 def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
-    """Studies with their jobs, without patient identifiers (the API is for operations, not for reading)."""
+    """Studies with their jobs and runs, and why each is where it is; without patient identifiers (the API is
+    for operations, not for reading)."""
     out: list[dict[str, Any]] = []
     for s in store.studies(limit):
         jobs = [
             {
                 "pipeline": j["pipeline"], "pipeline_version": j["pipeline_version"], "state": j["state"],
-                "attempts": j["attempts"], "n_findings": j["n_findings"], "fhir_status": j["fhir_status"],
+                "reason": j["state_reason"], "attempts": j["attempts"], "n_findings": j["n_findings"],
+                "fhir_status": j["fhir_status"],
                 "inputs_missing": [x for x in (j["inputs_missing"] or "").split(",") if x],
                 "sr_sop_instance_uid": j["sr_sop_uid"], "timings": json.loads(j["timings"] or "{}"),
                 "error": j["error"],
+                "runs": [
+                    {
+                        "run_id": r["run_id"], "state": r["state"], "current": r["run_id"] == j["current_run_id"],
+                        "started_at": r["started_at"], "finished_at": r["finished_at"],
+                        "covers": json.loads(r["inputs"] or "[]"), "sr_sop_instance_uid": r["sr_sop_uid"],
+                        "amends_sr": r["predecessor_sr_uid"], "detail": r["detail"],
+                        "objects": [o["sop_instance_uid"] for o in store.results_of_run(r["run_id"])],
+                    }
+                    for r in store.runs(j["job_id"])
+                ],
             }
             for j in store.jobs(s["study_uid"])
         ]
+        own = store.study_instances(s["study_uid"], role="own-result")
         out.append(
             {
-                "study_uid": s["study_uid"], "status": s["state"], "instances": s["instance_count"],
+                "study_uid": s["study_uid"], "status": s["state"], "reason": s["state_reason"],
+                "instances": s["instance_count"], "own_results_received": len(own),
                 "expected_instances": s["expected_count"], "completed_reason": s["completed_reason"],
+                "reopened": s["reopen_count"] or 0, "reopen_reason": s["reopen_reason"],
                 "first_received_at": s["first_received_at"], "last_received_at": s["last_received_at"],
                 "jobs": jobs,
             }

@@ -1,7 +1,11 @@
-"""The job worker: claims a queued job, gathers its inputs, runs the pipeline, writes SR/SC, queues delivery.
+"""The job worker: claims a queued job (opening a run), gathers its inputs, runs the pipeline, writes SR/SC,
+queues delivery.
 
-Result UIDs are derived from study + pipeline + version + input digest, so a job replayed after a crash
-produces the very same objects, and the PACS keeps one copy.
+The instances a job reads were selected once, at routing, and are stored with it. Result UIDs are derived from
+study + pipeline + version + a digest of the inputs (each instance's content and the clinical context), so a job
+replayed after a crash produces the very same objects and the PACS keeps one copy. When the digest equals the
+one of the job's current results, nothing is run or sent; when it differs, the new SR amends the current one
+(Predecessor Documents Sequence).
 """
 
 from __future__ import annotations
@@ -25,8 +29,7 @@ from node.listener import uid_digest
 from node.results.sc import build_overlays, overlay_png
 from node.results.sr import build_sr
 from node.results.uids import input_digest, result_uid
-from node.router import instances_for
-from node.store import Store
+from node.store import RunOutcome, Store
 from pipelines.base import ClinicalContext, InstanceRef, Pipeline, StudyInput
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,8 @@ SC_SERIES_NUMBER = 9902
 class JobOutcome:
     job_id: str
     n_findings: int
-    objects: list[tuple[str, str, str]]  # (sop_uid, kind, path)
+    objects: list[tuple[str, str, str, str]]  # (sop_uid, series_uid, kind, path)
+    unchanged: bool = False
 
 
 def software_version() -> str:
@@ -103,11 +107,12 @@ class Worker:
                 ", will retry" if retry else ", giving up", exc,
             )
             log.debug("%s", traceback.format_exc())
-            self.store.fail_job(job["job_id"], f"{type(exc).__name__}: {exc}", retry=retry)
+            self.store.fail_run(job["run_id"], f"{type(exc).__name__}: {exc}", retry=retry)
         else:
             log.info(
-                "study %s: %s wrote %d finding(s), %d object(s)",
-                uid_digest(job["study_uid"]), job["pipeline"], outcome.n_findings, len(outcome.objects),
+                "study %s: %s %s", uid_digest(job["study_uid"]), job["pipeline"],
+                "inputs unchanged, nothing new sent" if outcome.unchanged else
+                f"wrote {outcome.n_findings} finding(s), {len(outcome.objects)} object(s)",
             )
         return True
 
@@ -120,7 +125,10 @@ class Worker:
         pipeline = self.load_pipeline(job["pipeline"])
         timings["load_s"] = time.perf_counter() - t0
 
-        rows = instances_for(job["pipeline"], self.store.study_instances(job["study_uid"]), self.settings.routes)
+        wanted = json.loads(job["inputs"] or "[]")
+        rows = self.store.instances_by_uid(wanted)
+        if not rows or len(rows) != len(wanted):
+            raise RuntimeError(f"{len(wanted) - len(rows)} of the job's {len(wanted)} input instance(s) are not indexed")
         refs = tuple(
             InstanceRef(
                 path=Path(r["path"]), sop_instance_uid=r["sop_instance_uid"], sop_class_uid=r["sop_class_uid"],
@@ -128,8 +136,6 @@ class Worker:
             )
             for r in rows
         )
-        if not refs:
-            raise RuntimeError("no instance of the study matches the pipeline's routing rules")
 
         t = time.perf_counter()
         context = fetch_context(
@@ -140,6 +146,17 @@ class Worker:
         if context.fhir_status != "ok":
             log.warning("study %s: clinical context %s (%s); running image-only",
                         uid_digest(job["study_uid"]), context.fhir_status, context.detail)
+
+        # Content digests too: an instance replaced with other content under the same UID changes the inputs.
+        digest = input_digest([f"{r['sop_instance_uid']}:{r['digest'] or ''}" for r in rows], clinical_summary(context))
+        current = self.store.current_run(job["job_id"])
+        destination = "pacs" if self.settings.pacs is not None else None
+        if current is not None and current["input_digest"] == digest and current["pipeline_version"] == pipeline.version:
+            timings["total_s"] = time.perf_counter() - t0
+            summary = {"timings": timings, "fhir_status": context.fhir_status, "n_findings": current["n_findings"],
+                       "inputs_missing": [], "sr_sop_uid": current["sr_sop_uid"]}
+            self.store.finish_run(job["run_id"], RunOutcome(digest, (), True, summary), destination)
+            return JobOutcome(job["job_id"], int(current["n_findings"] or 0), [], unchanged=True)
 
         t = time.perf_counter()
         result = pipeline.run(
@@ -152,25 +169,38 @@ class Worker:
         timings["inference_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        objects = self._write_results(job, result, refs, context)
+        predecessor = self._current_sr(current)
+        objects = self._write_results(job, result, refs, digest, predecessor)
         timings["results_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         if study["last_received_at"] is not None:
             timings["since_last_instance_s"] = time.time() - float(study["last_received_at"])
 
-        destination = "pacs" if self.settings.pacs is not None else None
-        self.store.finish_job_with_results(
-            job["job_id"], objects, destination,
-            {
-                "timings": timings, "fhir_status": context.fhir_status, "n_findings": len(result.findings),
-                "inputs_missing": list(result.inputs_missing), "sr_sop_uid": objects[0][0],
-            },
+        summary = {
+            "timings": timings, "fhir_status": context.fhir_status, "n_findings": len(result.findings),
+            "inputs_missing": list(result.inputs_missing), "sr_sop_uid": objects[0][0],
+        }
+        self.store.finish_run(
+            job["run_id"],
+            RunOutcome(digest, tuple(objects), False, summary,
+                       str(predecessor.SOPInstanceUID) if predecessor is not None else None),
+            destination,
         )
         return JobOutcome(job["job_id"], len(result.findings), objects)
 
+    def _current_sr(self, current: dict[str, Any] | None) -> Dataset | None:
+        """The SR of the job's current results, which a new run's SR amends (None for a first run)."""
+        if current is None:
+            return None
+        for row in self.store.results_of_run(current["run_id"]):
+            if row["kind"] == "sr" and Path(row["path"]).exists():
+                return dcmread(row["path"], stop_before_pixels=True)
+        return None
+
     def _write_results(
-        self, job: dict[str, Any], result: Any, refs: tuple[InstanceRef, ...], context: ClinicalContext
-    ) -> list[tuple[str, str, str]]:
+        self, job: dict[str, Any], result: Any, refs: tuple[InstanceRef, ...], digest: str,
+        predecessor: Dataset | None,
+    ) -> list[tuple[str, str, str, str]]:
         analysed = set(result.images_analysed) | {f.sop_instance_uid for f in result.findings}
         with_pixels = {f.sop_instance_uid for f in result.findings}
         sources = [
@@ -178,7 +208,6 @@ class Worker:
             for ref in refs
             if ref.sop_instance_uid in analysed
         ]
-        digest = input_digest([ref.sop_instance_uid for ref in refs], clinical_summary(context))
 
         def uid(role: str) -> str:
             return result_uid(job["study_uid"], result.pipeline_name, result.pipeline_version, digest, role)
@@ -188,18 +217,20 @@ class Worker:
         sr = build_sr(
             result, sources, series_instance_uid=uid("sr-series"), sop_instance_uid=uid("sr"),
             series_number=SR_SERIES_NUMBER, manufacturer=MANUFACTURER, software_version=version,
+            previous_versions=[predecessor] if predecessor is not None else (),
         )
-        objects: list[tuple[str, str, str]] = []
+        objects: list[tuple[str, str, str, str]] = []
         sr_path = out_dir / "sr.dcm"
         _write_dataset(sr, sr_path)
-        objects.append((str(sr.SOPInstanceUID), "sr", str(sr_path)))
+        objects.append((str(sr.SOPInstanceUID), str(sr.SeriesInstanceUID), "sr", str(sr_path)))
         overlays = build_overlays(
             result, sources, series_instance_uid=uid("sc-series"), series_number=SC_SERIES_NUMBER,
             sop_uid_for=lambda key: uid(f"sc:{key}"), manufacturer=MANUFACTURER, software_version=version,
+            amends=predecessor is not None,
         )
         for n, sc in enumerate(overlays, start=1):
             sc_path = out_dir / f"sc-{n}.dcm"
             _write_dataset(sc, sc_path)
             overlay_png(sc, sc_path.with_suffix(".png"))
-            objects.append((str(sc.SOPInstanceUID), "sc", str(sc_path)))
+            objects.append((str(sc.SOPInstanceUID), str(sc.SeriesInstanceUID), "sc", str(sc_path)))
         return objects

@@ -44,6 +44,7 @@ def build_overlays(
     sop_uid_for: Callable[[str], str],
     manufacturer: str,
     software_version: str,
+    amends: bool = False,
 ) -> list[hd.sc.SCImage]:
     """One SC per (source image, frame) with at least one finding; images without findings get none.
 
@@ -72,7 +73,10 @@ def build_overlays(
                 instance_number=number,
                 manufacturer=manufacturer,
                 software_version=software_version,
-                description=f"AI {result.pipeline_name} {result.pipeline_version} overlay - not for diagnostic use",
+                description=(
+                    f"AI {result.pipeline_name} {result.pipeline_version} overlay{' amended' if amends else ''}"
+                    " - not for diagnostic use"
+                ),
             )
         )
     return overlays

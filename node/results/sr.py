@@ -56,6 +56,11 @@ class SrSummary:
     images_analysed: tuple[str, ...]
     inputs_missing: tuple[str, ...]
     fhir_status: str
+    predecessors: tuple[str, ...] = ()  # SOP Instance UIDs of the SRs this one amends
+
+    @property
+    def amended(self) -> bool:
+        return bool(self.predecessors)
 
 
 def build_sr(
@@ -67,11 +72,14 @@ def build_sr(
     series_number: int,
     manufacturer: str,
     software_version: str,
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """One SR for one pipeline run on one study: a group per finding plus a study-level summary group.
 
     ``sources`` are the analysed images (pixel data not needed); patient and study come from them, so the SR
     lands in the original study. Every finding and every ``images_analysed`` UID must be among them.
+    ``previous_versions``: the SR(s) this one amends (a re-run on changed inputs); they go into the Predecessor
+    Documents Sequence and the series description says "amended".
     """
     if not sources:
         raise ValueError("build_sr needs the source images (patient/study module and references come from them)")
@@ -118,9 +126,13 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=f"AI {result.pipeline_name} {result.pipeline_version} - not for diagnostic use"[:64],
+        series_description=(
+            f"AI {result.pipeline_name} {result.pipeline_version}{' amended' if previous_versions else ''}"
+            " - not for diagnostic use"
+        )[:64],
         software_versions=software_version,
         coding_schemes=[coding.PRIVATE_SCHEME_ITEM],
+        previous_versions=list(previous_versions) or None,
     )
 
 
@@ -329,4 +341,10 @@ def read_findings(sr: Dataset) -> SrSummary:
         images_analysed=tuple(str(s.referenced_sop_instance_uid) for s in summary.source_images),
         inputs_missing=_tokens(summary, coding.INPUT_UNAVAILABLE),
         fhir_status=coding.fhir_status_token(_single_code(summary, coding.EHR_STATUS)),
+        predecessors=tuple(
+            str(instance.ReferencedSOPInstanceUID)
+            for study in sr.get("PredecessorDocumentsSequence", [])
+            for series in study.get("ReferencedSeriesSequence", [])
+            for instance in series.get("ReferencedSOPSequence", [])
+        ),
     )

@@ -17,7 +17,7 @@ def make(tmp_path: Path, count: int | None | Exception, quiet: float = 10.0) -> 
     store = Store(tmp_path / "db")
     asked: list[str] = []
 
-    def count_in_pacs(study_uid: str) -> int | None:
+    def count_in_pacs(study_uid: str, own_series: set[str]) -> int | None:
         asked.append(study_uid)
         if isinstance(count, Exception):
             raise count
@@ -63,7 +63,7 @@ def test_manual_trigger_completes_at_once(tmp_path: Path) -> None:
 
 def test_unrouted_study_is_recorded_as_no_pipeline(tmp_path: Path) -> None:
     store, assembler, _ = make(tmp_path, count=None, quiet=1.0)
-    store.index_instance(inst("1.1").__class__(**{**inst("1.1").__dict__, "modality": "MR"}), now=100.0)
+    store.index_instance(inst("1.1", modality="MR", routed=()), now=100.0)
     assert assembler.tick(now=102.0) == ["1.2.3"]
     assert store.study("1.2.3")["state"] == "no-pipeline"  # type: ignore[index]
     assert store.jobs("1.2.3") == []
@@ -83,3 +83,36 @@ def test_rules_match_on_every_pattern_and_select_instances() -> None:
     assert instances_for("bone", rows, routes) == [rows[0]]
     assert instances_for("chest", rows, routes) == [rows[1]]
     assert pipelines_for(rows[2:], routes) == []
+
+
+def test_reopened_study_asks_the_pacs_again_and_debounces(tmp_path: Path) -> None:
+    store, assembler, asked = make(tmp_path, count=2, quiet=10.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    store.index_instance(inst("1.2"), now=100.1)
+    assert assembler.tick(now=100.2) == ["1.2.3"]
+    store.db.execute("UPDATE jobs SET state = 'sent'")
+    store.db.execute("UPDATE studies SET state = 'sent'")
+    store.index_instance(inst("1.3"), now=110.0)  # late, routed: re-opens; the PACS now counts 2 (< 3)
+    assert store.study("1.2.3")["expected_count"] is None  # type: ignore[index]
+    assert assembler.tick(now=110.1) == [] and len(asked) == 2, "the count is asked again after a re-open"
+
+
+def test_reopened_study_complete_by_count_only_after_the_debounce(tmp_path: Path) -> None:
+    store, assembler, _ = make(tmp_path, count=3, quiet=10.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    store.index_instance(inst("1.2"), now=100.1)
+    assert assembler.tick(now=111.0) == ["1.2.3"]
+    store.db.execute("UPDATE jobs SET state = 'sent'")
+    store.db.execute("UPDATE studies SET state = 'sent'")
+    store.index_instance(inst("1.3"), now=120.0)
+    assert assembler.tick(now=120.5) == [], "count reached, but the trickle may go on: wait the debounce"
+    assert assembler.tick(now=122.1) == ["1.2.3"]
+    assert [j["generation"] for j in store.jobs("1.2.3")] == [2]
+
+
+def test_pacs_count_of_only_our_own_results_means_unknown(tmp_path: Path) -> None:
+    store, assembler, asked = make(tmp_path, count=0, quiet=2.0)
+    store.index_instance(inst("1.1"), now=100.0)
+    assert assembler.tick(now=100.5) == []
+    assert store.study("1.2.3")["expected_count"] is None  # type: ignore[index]
+    assert assembler.tick(now=102.5) == ["1.2.3"]

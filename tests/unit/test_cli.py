@@ -53,3 +53,23 @@ def test_retry_dead_requeues_dead_letters(tmp_path: Path) -> None:
     result = runner.invoke(app, ["retry-dead", "--config", str(config)])
     assert result.exit_code == 0 and "2 delivery" in result.output
     assert {i["state"] for i in Store(tmp_path / "data" / "node.db").outbox_items()} == {"pending"}
+
+
+def test_reprocess_reopens_the_study_and_status_says_why(tmp_path: Path) -> None:
+    from node.store import Store
+    from test_outbox import queued
+
+    store = queued(tmp_path / "data", db_name="node.db")
+    for item in store.outbox_items():
+        store.outbox_sent(item["item_id"])
+    store.close()
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n[[route]]\npipeline = "radiograph-lesion"\n')
+    bad = runner.invoke(app, ["reprocess", "1.2.3", "--pipeline", "nope", "--config", str(config)])
+    assert bad.exit_code == 2 and "radiograph-lesion" in bad.output
+    result = runner.invoke(app, ["reprocess", "1.2.3", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    study = Store(tmp_path / "data" / "node.db").study("1.2.3")
+    assert study is not None and study["state"] == "receiving" and study["reprocess"] == "*"
+    status = runner.invoke(app, ["status", "--config", str(config)])
+    assert "re-opened: reprocess requested (*)" in status.output and "run 1 current: covers 1 instance(s)" in status.output

@@ -7,7 +7,7 @@ from pathlib import Path
 from node.config import OutboxSettings, PacsSettings
 from node.outbox import Outbox, backoff
 from node.pacs import PacsError, SendOutcome
-from node.store import Store
+from node.store import JobPlan, RunOutcome, Store
 from test_store import inst
 
 PACS = PacsSettings("ORTHANC", "127.0.0.1", 4242)
@@ -16,12 +16,14 @@ PACS = PacsSettings("ORTHANC", "127.0.0.1", 4242)
 def queued(tmp_path: Path, db_name: str = "db") -> Store:
     store = Store(tmp_path / db_name)
     store.index_instance(inst("1.1"), now=1.0)
-    store.complete_study("1.2.3", "quiet", [("p", "1")], now=2.0)
+    store.complete_study("1.2.3", "quiet", [JobPlan("p", "1", ("1.1",))], now=2.0)
     job = store.claim_job("w", 60, now=3.0)
     assert job is not None
-    store.finish_job_with_results(
-        job["job_id"], [("9.1", "sr", "/r/sr.dcm"), ("9.2", "sc", "/r/sc-1.dcm")], "pacs",
-        {"timings": {}, "fhir_status": "ok", "n_findings": 1, "inputs_missing": [], "sr_sop_uid": "9.1"}, now=4.0,
+    store.finish_run(
+        job["run_id"],
+        RunOutcome("digest", (("9.1", "8.1", "sr", "/r/sr.dcm"), ("9.2", "8.2", "sc", "/r/sc-1.dcm")), False,
+                   {"timings": {}, "fhir_status": "ok", "n_findings": 1, "inputs_missing": [], "sr_sop_uid": "9.1"}),
+        "pacs", now=4.0,
     )
     return store
 

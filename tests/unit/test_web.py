@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from node.localpeers.orthanc import free_port
-from node.store import Store
+from node.store import JobPlan, Store
 from node.web import start_web
 from test_store import inst
 
@@ -17,7 +17,8 @@ def test_endpoints(tmp_path: Path) -> None:
     db = tmp_path / "node.db"
     store = Store(db)
     store.index_instance(inst("1.1"), now=1.0)
-    store.complete_study("1.2.3", "quiet", [("p", "1")], now=2.0)
+    store.complete_study("1.2.3", "no new instance for 10 s", [JobPlan("p", "1", ("1.1",))], now=2.0)
+    store.claim_job("w", 60, now=3.0)
     checks = {"database": True, "worker": False}
     port = free_port()
     server = start_web("127.0.0.1", port, lambda: Store(db), lambda: dict(checks))
@@ -28,10 +29,13 @@ def test_endpoints(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/healthz").json() == {"ok": True, "checks": checks}
         studies = httpx.get(f"{base}/api/studies").json()
         assert studies[0]["study_uid"] == "1.2.3" and studies[0]["status"] == "processing"
-        assert studies[0]["jobs"][0]["state"] == "queued"
+        job = studies[0]["jobs"][0]
+        assert job["state"] == "running" and studies[0]["completed_reason"] == "no new instance for 10 s"
+        assert job["runs"][0]["covers"] == ["1.1"] and job["runs"][0]["state"] == "running"
+        assert studies[0]["reason"] == "processing: p" and job["reason"] == "running (1)"
         assert "SYN-1" not in httpx.get(f"{base}/api/studies").text
         metrics = httpx.get(f"{base}/metrics").text
-        assert 'ainode_jobs{state="queued"} 1.0' in metrics
+        assert 'ainode_jobs{state="running"} 1.0' in metrics
         assert "ainode_job_inference_seconds_bucket" in metrics
         assert httpx.get(f"{base}/nope").status_code == 404
     finally:

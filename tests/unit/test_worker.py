@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from node.config import RouteRule
 from node.results.sr import read_findings
-from node.store import IndexedInstance, Store
+from node.store import IndexedInstance, JobPlan, Store
 from node.worker import MAX_ATTEMPTS, Worker
 from pipelines.base import ClinicalContext, PipelineResult, StudyInput
 
@@ -25,8 +25,10 @@ def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True) -> tuple
     s = s.__class__(**{**s.__dict__, "routes": (RouteRule("fake-bright", {"Modality": "^CR$"}),)})
     store = Store(s.node.data_dir / "node.db")
     study_uid = ""
+    sops = []
     for n in range(1, n_images + 1):
         ds = cr_dataset("study-w", n)
+        sops.append(str(ds.SOPInstanceUID))
         study_uid = str(ds.StudyInstanceUID)
         path = write_cr(tmp_path / f"{n}.dcm", ds)
         store.index_instance(IndexedInstance(
@@ -34,8 +36,9 @@ def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True) -> tuple
             sop_class_uid=str(ds.SOPClassUID), modality="CR", body_part="FEMUR", series_description="FEMUR AP",
             transfer_syntax=str(ds.file_meta.TransferSyntaxUID), path=str(path), size=path.stat().st_size,
             calling_ae="SCU", patient_id="SYN-0001", patient_age=55.0, patient_sex="F", study_date="20260110",
+            digest=f"content-{n}", routed_to=("fake-bright",),
         ))
-    store.complete_study(study_uid, "test", [("fake-bright", "1.0")])
+    store.complete_study(study_uid, "test", [JobPlan("fake-bright", "1.0", tuple(sops))])
     return store, s, study_uid
 
 
@@ -64,8 +67,9 @@ def test_replay_after_crash_reuses_every_uid(tmp_path: Path) -> None:
     worker = Worker(store, s, lambda name: FakePipeline(), owner="w1")  # type: ignore[arg-type]
     worker.run_once()
     first = sorted(r["sop_instance_uid"] for r in store.db.query("SELECT * FROM results"))
-    # the worker died before delivery was recorded: the study is processed again from scratch
-    store.db.execute("UPDATE jobs SET state = 'queued'")
+    # the worker died after writing its results, before recording them: the job is processed again from scratch
+    store.db.execute("DELETE FROM outbox")
+    store.db.execute("UPDATE jobs SET state = 'running', lease_until = 0, current_run_id = NULL")
     Worker(store, s, lambda name: FakePipeline(), owner="w2").run_once()  # type: ignore[arg-type]
     second = sorted(r["sop_instance_uid"] for r in store.db.query("SELECT * FROM results"))
     assert first == second and len(first) == 3
@@ -108,3 +112,34 @@ def test_nothing_found_gives_sr_without_sc(tmp_path: Path, n_images: int) -> Non
     assert len(items) == 1
     summary = read_findings(dcmread(items[0]["path"]))
     assert summary.nothing_found and summary.findings == ()
+
+
+def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path, n_images=1)
+    pipeline = FakePipeline()
+    worker = Worker(store, s, lambda name: pipeline, owner="w")  # type: ignore[arg-type]
+    worker.run_once()
+    first_sr = store.jobs(study_uid)[0]["sr_sop_uid"]
+    for item in store.due_outbox():
+        store.outbox_sent(item["item_id"])
+    # the same study and inputs, forced (reprocess): the pipeline is not even run, nothing new is queued
+    store.request_processing(study_uid, reprocess="*")
+    sop = store.study_instances(study_uid)[0]["sop_instance_uid"]
+    assert store.complete_study(study_uid, "test", [JobPlan("fake-bright", "1.0", (sop,), force=True)])
+    runs_before = pipeline.runs
+    worker.run_once()
+    assert pipeline.runs == runs_before and len(store.outbox_items()) == 2
+    assert store.jobs(study_uid)[0]["state"] == "sent"
+    # new content under the same UID (policy replace): inputs changed, the new SR amends the first
+    store.db.execute("UPDATE instances SET digest = 'replaced'")
+    store.request_processing(study_uid)
+    assert store.complete_study(study_uid, "test", [JobPlan("fake-bright", "1.0", (sop,), force=True)])
+    worker.run_once()
+    job = store.jobs(study_uid)[0]
+    assert job["sr_sop_uid"] != first_sr and job["state"] == "sending"
+    sr = dcmread([r["path"] for r in store.results_of_run(job["current_run_id"]) if r["kind"] == "sr"][0])
+    summary = read_findings(sr)
+    assert summary.amended and summary.predecessors == (first_sr,)
+    assert "amended" in sr.SeriesDescription
+    states = [r["state"] for r in store.runs(job["job_id"])]
+    assert states == ["superseded", "unchanged", "sending"]
