@@ -251,8 +251,8 @@ class Store:
 
     def index_instance(self, inst: IndexedInstance, now: float | None = None) -> IndexOutcome:
         """Record a stored instance. A late instance re-opens a finished study only when a pipeline reads it."""
-        now = time.time() if now is None else now
         with self.transaction():
+            now = time.time() if now is None else now  # taken under the lock: ordered with every claim
             known = self.known_instance(inst.sop_instance_uid)
             if known is not None:
                 return self._index_known(inst, known, now)
@@ -473,8 +473,8 @@ class Store:
         Never deletes anything (a kill loses nothing). Jobs of a re-opened study wait for it to complete again, so
         a run always covers every routed instance received before it began. Returns the job row plus ``run_id``.
         """
-        now = time.time() if now is None else now
         with self.transaction():
+            now = time.time() if now is None else now  # taken under the lock: ordered with every indexing
             row = self.db.execute(
                 "SELECT j.job_id, j.runs, j.active_run_id FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
                 "WHERE s.state = ? AND (j.state = ? OR (j.state = ? AND j.lease_until < ?)) "

@@ -123,3 +123,74 @@ def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[Dataset]
             if ds.get("Manufacturer") == "dicom-ai-node":
                 out["SR" if ds.Modality == "SR" else "SC"].append(ds)
     return out
+
+
+class InProcessNode:
+    """The node's real service (listener, assembler, worker, outbox, watchdog threads) in this process, with a
+    pipeline the test provides, so that a run can be held open on purpose; restartable like the real process."""
+
+    def __init__(self, workdir: Path, pacs: Orthanc, pipeline: Any, quiet_seconds: float = 2.0,
+                 extra: dict[str, dict[str, Any]] | None = None) -> None:
+        from node.config import RouteRule, parse_settings
+
+        self.pipeline = pipeline
+        self.port = free_port()
+        self.http_port = free_port()
+        raw: dict[str, Any] = {
+            "node": {"ae_title": "AINODE", "port": self.port, "http_port": self.http_port,
+                     "data_dir": str(workdir / "data")},
+            "pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
+            "assembly": {"quiet_seconds": quiet_seconds, "poll_seconds": 0.1},
+            "watchdog": {"interval_seconds": 1.0},
+            "outbox": {"backoff_seconds": 0.5},
+        }
+        for section, values in (extra or {}).items():
+            raw[section] = {**raw.get(section, {}), **values}
+        settings = parse_settings(raw)
+        self.settings = settings.__class__(**{**settings.__dict__,
+                                              "routes": (RouteRule(pipeline.name, {"Modality": "^CR$"}),)})
+        self.db = workdir / "data" / "node.db"
+        pacs.add_modality("ainode", "AINODE", "127.0.0.1", self.port)
+        self.node: Any = None
+
+    def start(self) -> "InProcessNode":
+        from node.service import Node
+
+        self.node = Node(self.settings, load_pipeline=lambda name: self.pipeline, version_of=lambda name: "1.0")
+        self.node.start()
+        wait_for(self.node.pipelines_ready.is_set, 30, "the pipeline to load")
+        return self
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def store(self) -> Any:
+        from node.store import Store
+
+        return Store(self.db)
+
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        store = self.store()
+        try:
+            return store.study(study_uid)  # type: ignore[no-any-return]
+        finally:
+            store.close()
+
+    def settled(self, study_uid: str) -> bool:
+        """Final state, no job unfinished, nothing pending in the outbox."""
+        store = self.store()
+        try:
+            study = store.study(study_uid)
+            if study is None or study["state"] not in ("sent", "no-pipeline", "failed"):
+                return False
+            jobs = store.jobs(study_uid)
+            pending = [i for i in store.outbox_items("pending") if i["job_id"].startswith(study_uid + "/")]
+            return all(j["state"] in ("sent", "failed") for j in jobs) and not pending
+        finally:
+            store.close()
