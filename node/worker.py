@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from node.config import Settings
 from node.context import fetch_context
 from node.listener import uid_digest
+from node.results.ko import build_rejection_note
 from node.results.sc import build_overlays, overlay_png
 from node.results.sr import build_sr
 from node.results.uids import input_digest, result_uid
@@ -38,6 +39,7 @@ MANUFACTURER = "dicom-ai-node"
 MAX_ATTEMPTS = 3
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+KO_SERIES_NUMBER = 9903
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,9 @@ class Worker:
         timings["inference_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        predecessor = self._current_sr(current)
-        objects = self._write_results(job, result, refs, digest, predecessor)
+        superseded = self._objects_of(current)
+        predecessor = next((ds for ds in superseded if ds.Modality == "SR"), None)
+        objects = self._write_results(job, result, refs, digest, predecessor, superseded)
         timings["results_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         if study["last_received_at"] is not None:
@@ -188,18 +191,19 @@ class Worker:
         )
         return JobOutcome(job["job_id"], len(result.findings), objects)
 
-    def _current_sr(self, current: dict[str, Any] | None) -> Dataset | None:
-        """The SR of the job's current results, which a new run's SR amends (None for a first run)."""
+    def _objects_of(self, current: dict[str, Any] | None) -> list[Dataset]:
+        """The SR and overlays of the job's current results, which a new run amends (none for a first run)."""
         if current is None:
-            return None
-        for row in self.store.results_of_run(current["run_id"]):
-            if row["kind"] == "sr" and Path(row["path"]).exists():
-                return dcmread(row["path"], stop_before_pixels=True)
-        return None
+            return []
+        return [
+            dcmread(row["path"], stop_before_pixels=True)
+            for row in self.store.results_of_run(current["run_id"])
+            if row["kind"] in ("sr", "sc") and Path(row["path"]).exists()
+        ]
 
     def _write_results(
         self, job: dict[str, Any], result: Any, refs: tuple[InstanceRef, ...], digest: str,
-        predecessor: Dataset | None,
+        predecessor: Dataset | None, superseded: list[Dataset],
     ) -> list[tuple[str, str, str, str]]:
         analysed = set(result.images_analysed) | {f.sop_instance_uid for f in result.findings}
         with_pixels = {f.sop_instance_uid for f in result.findings}
@@ -233,4 +237,13 @@ class Worker:
             _write_dataset(sc, sc_path)
             overlay_png(sc, sc_path.with_suffix(".png"))
             objects.append((str(sc.SOPInstanceUID), str(sc.SeriesInstanceUID), "sc", str(sc_path)))
+        if superseded:
+            note = build_rejection_note(
+                superseded, amended_by=str(sr.SOPInstanceUID), pipeline=result.pipeline_name,
+                version=result.pipeline_version, series_instance_uid=uid("ko-series"), sop_instance_uid=uid("ko"),
+                series_number=KO_SERIES_NUMBER, manufacturer=MANUFACTURER,
+            )
+            ko_path = out_dir / "superseded-ko.dcm"
+            _write_dataset(note, ko_path)
+            objects.append((str(note.SOPInstanceUID), str(note.SeriesInstanceUID), "ko", str(ko_path)))
         return objects

@@ -118,6 +118,12 @@ def test_two_associations_5_s_apart_give_one_current_sr_covering_both(
     assert len(superseded) <= 1
     if superseded:
         assert current.predecessors == (superseded[0].sop_instance_uid,) and current.amended
+        # the superseded SR and its overlays are named by a rejection note in the study
+        notes = results_in_orthanc(pacs, study_uid)["KO"]
+        assert len(notes) == 1
+        listed = {i.ReferencedSOPInstanceUID for s in notes[0].CurrentRequestedProcedureEvidenceSequence
+                  for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        assert superseded[0].sop_instance_uid in listed and len(listed) == 2  # the old SR and its one overlay
     print(f"two associations 5 s apart: {len(all_srs)} SR(s) in Orthanc, current covers {len(files)} images")
 
 

@@ -143,3 +143,14 @@ def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_
     assert "amended" in sr.SeriesDescription
     states = [r["state"] for r in store.runs(job["job_id"])]
     assert states == ["superseded", "unchanged", "sending"]
+    # the superseded SR and overlay are listed in an IOCM rejection note sent with the amendment
+    first_run = store.runs(job["job_id"])[0]["run_id"]
+    old = {r["sop_instance_uid"] for r in store.results_of_run(first_run)}
+    ko_path = [r["path"] for r in store.results_of_run(job["current_run_id"]) if r["kind"] == "ko"][0]
+    ko = dcmread(ko_path)
+    listed = {i.ReferencedSOPInstanceUID for s in ko.CurrentRequestedProcedureEvidenceSequence
+              for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+    assert listed == old and len(old) == 2
+    assert ko.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    from test_results_common import dciodvfy, errors
+    assert errors(dciodvfy(Path(ko_path))) == []
