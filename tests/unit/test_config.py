@@ -61,6 +61,10 @@ def test_defaults_route_radiographs(tmp_path: Path) -> None:
         ("[[route]]\npipeline = \"x\"\nModality = \"(\"\n", "route[0].Modality"),
         ("[assembly]\nquiet_seconds = \"soon\"\n", "assembly.quiet_seconds"),
         ("[node\n", "not valid TOML"),
+        ("[ingest]\nown_results = \"keep\"\n", "ingest.own_results"),
+        ("[ingest]\nresent_conflict = \"newest\"\n", "ingest.resent_conflict"),
+        ("[watchdog]\njob_stuck_seconds = 0\n", "watchdog.job_stuck_seconds"),
+        ("[assembly]\nreopen_debounce_seconds = -1\n", "assembly.reopen_debounce_seconds"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -71,3 +75,9 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, names: str) -> None:
 def test_missing_file_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_the_shipped_example_config_loads() -> None:
+    s = load_settings(Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml")
+    assert s.ingest.own_results == "ignore" and s.ingest.resent_conflict == "keep-first"
+    assert s.watchdog.job_stuck_seconds == 3600 and s.assembly.reopen_debounce_seconds == 2

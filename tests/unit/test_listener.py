@@ -13,21 +13,33 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification  # type: ignore[attr-defined]
 
+from node.config import IngestSettings, RouteRule
 from node.listener import ListenerDeps, Spool, start_listener
 from node.store import Store
 
 from node_fakes import cr_dataset, settings, write_cr
 
 
-@pytest.fixture()
-def node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def listening(tmp_path: Path, **ingest: str) -> Iterator[tuple[int, Path]]:
     s = settings(tmp_path)
     data = s.node.data_dir
-    server = start_listener(s.node, ListenerDeps(Spool(data / "spool"), lambda: Store(data / "node.db")))
+    deps = ListenerDeps(Spool(data / "spool"), lambda: Store(data / "node.db"),
+                        routes=(RouteRule("fake-bright", {"Modality": "^CR$"}),), ingest=IngestSettings(**ingest))
+    server = start_listener(s.node, deps)
     try:
         yield s.node.port, data
     finally:
         server.shutdown()
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    yield from listening(tmp_path)
+
+
+@pytest.fixture()
+def replacing_node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    yield from listening(tmp_path / "replacing", resent_conflict="replace", own_results="store")
 
 
 def send(port: int, what: object, raw: bool = False) -> int:
@@ -99,3 +111,46 @@ def test_persist_failure_is_a700_never_success(node: tuple[int, Path]) -> None:
         spool.unlink()
         (data / "spool-moved").rename(spool)
     assert send(port, cr_dataset("s4", 1)) == 0x0000
+
+
+def different_content(ds: object) -> object:
+    import copy
+
+    changed = copy.deepcopy(ds)
+    changed.PixelData = bytes(len(changed.PixelData))  # type: ignore[attr-defined]
+    return changed
+
+
+def test_resend_with_other_content_keeps_the_first_and_records_it(node: tuple[int, Path]) -> None:
+    port, data = node
+    ds = cr_dataset("s5", 1)
+    assert send(port, ds) == 0x0000
+    assert send(port, different_content(ds)) == 0x0000
+    store = Store(data / "node.db")
+    row = store.study_instances(str(ds.StudyInstanceUID))[0]
+    assert dcmread(row["path"]).PixelData == ds.PixelData, "the stored file was silently overwritten"
+    assert row["conflicts"] == 1 and len(list((data / "spool").glob("*/*.dcm"))) == 1
+    assert "instance-conflict" in [e["event"] for e in store.events(str(ds.StudyInstanceUID))]
+
+
+def test_resend_with_other_content_replaces_when_configured(replacing_node: tuple[int, Path]) -> None:
+    port, data = replacing_node
+    ds = cr_dataset("s6", 1)
+    assert send(port, ds) == 0x0000
+    changed = different_content(ds)
+    assert send(port, changed) == 0x0000
+    store = Store(data / "node.db")
+    row = store.study_instances(str(ds.StudyInstanceUID))[0]
+    assert dcmread(row["path"]).PixelData == changed.PixelData  # type: ignore[attr-defined]
+    assert [p.name for p in (data / "spool").glob("*/*.dcm")] == [Path(row["path"]).name], "old file left behind"
+    assert "instance-replaced" in [e["event"] for e in store.events(str(ds.StudyInstanceUID))]
+
+
+def test_own_results_are_ignored_or_stored_apart(node: tuple[int, Path], replacing_node: tuple[int, Path]) -> None:
+    for (port, data), kept in ((node, 0), (replacing_node, 1)):
+        ours = cr_dataset("s7", 1)
+        ours.Manufacturer = "dicom-ai-node"  # what the node writes into every result object
+        assert send(port, ours) == 0x0000
+        store = Store(data / "node.db")
+        assert store.study(str(ours.StudyInstanceUID)) is None, "an own result opened a study"
+        assert len(store.study_instances(str(ours.StudyInstanceUID), role="own-result")) == kept
