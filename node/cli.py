@@ -22,12 +22,18 @@ ConfigOpt = typer.Option(..., "--config", "-c", help="TOML config file (see READ
 
 def setup_logging(level: str = "INFO") -> None:
     """Our loggers at ``level``; libraries at WARNING: pynetdicom and highdicom log UIDs and attributes at INFO,
-    MONAI logs per-call chatter on the root logger."""
+    MONAI logs per-call chatter on the root logger. Every record is redacted and rate-limited (node.logs)."""
+    from node.logs import install
+
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Redaction and rate limit on every handler: library warnings quote raw (patient) values.
+    for handler in logging.getLogger().handlers:
+        install(handler)
+    logging.captureWarnings(True)  # pydicom's UserWarnings go through the same handler, redacted
     for ours in ("node", "pipelines"):
         logging.getLogger(ours).setLevel(getattr(logging, level.upper(), logging.INFO))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder ships in a package; never reach for a hub
@@ -132,6 +138,28 @@ def retry_dead(config: Path = ConfigOpt) -> None:
     settings = _settings(config)
     n = Store(settings.node.data_dir / "node.db").retry_dead()
     typer.echo(f"{n} delivery(ies) queued again")
+
+
+@app.command()
+def audit(
+    config: Path = ConfigOpt,
+    since_hours: float = typer.Option(24.0, help="Records of the last N hours."),
+    fhir: bool = typer.Option(False, "--fhir", help="A FHIR Bundle of AuditEvents instead of one JSON line each."),
+    transaction: bool = typer.Option(False, help="With --fhir: a transaction Bundle to POST to an audit repository."),
+) -> None:
+    """The audit trail: associations, EHR reads, results sent, configuration (no patient names or IDs)."""
+    import time
+
+    from node.audit import export_bundle
+    from node.store import Store
+
+    settings = _settings(config)
+    rows = Store(settings.node.data_dir / "node.db").audit_records(since=time.time() - since_hours * 3600)
+    if fhir:
+        typer.echo(export_bundle(rows, settings.node.ae_title, as_transaction=transaction).model_dump_json(indent=1))
+        return
+    for row in rows:
+        typer.echo(json.dumps(row))
 
 
 @app.command("pipelines")

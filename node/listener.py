@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -139,6 +139,8 @@ class ListenerDeps:
     routes: tuple[RouteRule, ...] = ()  # which pipelines read an instance decides whether a late one re-opens
     ingest: IngestSettings = IngestSettings()
     own_manufacturer: str = "dicom-ai-node"  # results of another install of the node are recognised by it too
+    # instances stored per open association (keyed by id of the association), for its audit record
+    stored_per_association: dict[int, int] = field(default_factory=dict)
 
 
 def _patient_age(ds: Dataset) -> float | None:
@@ -211,6 +213,8 @@ def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
     except Exception as exc:  # disk full, permissions, database locked: the sender must keep the instance
         log.error("store failed to persist (study %s): %s: %s", uid_digest(study_uid), type(exc).__name__, exc)
         return STATUS_OUT_OF_RESOURCES
+    counts = deps.stored_per_association
+    counts[id(event.assoc)] = counts.get(id(event.assoc), 0) + 1
     log.debug("stored instance of study %s (%s)", uid_digest(study_uid), outcome)
     if outcome in (IndexOutcome.NEW, IndexOutcome.REPLACED) and deps.on_stored is not None:
         deps.on_stored(study_uid)
@@ -246,6 +250,22 @@ def handle_echo(event: evt.Event) -> int:
     return STATUS_SUCCESS
 
 
+def handle_association_end(event: evt.Event, deps: ListenerDeps, outcome: str) -> None:
+    """EVT_RELEASED / EVT_ABORTED / EVT_REJECTED: one audit record per association (who, from where, outcome,
+    instances stored). An audit failure is logged, never raised into pynetdicom."""
+    from node.audit import ASSOCIATION
+
+    requestor = event.assoc.requestor
+    stored = deps.stored_per_association.pop(id(event.assoc), 0)
+    try:
+        _store_for_thread(deps).audit(
+            ASSOCIATION, outcome, actor=str(requestor.ae_title), source=f"{requestor.address}:{requestor.port}",
+            detail={"called_ae": str(event.assoc.acceptor.ae_title), "instances_stored": stored},
+        )
+    except Exception as exc:
+        log.error("audit record of an association could not be written: %s", type(exc).__name__)
+
+
 def build_ae(settings: NodeSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     # Accept every storage SOP class in every transfer syntax pydicom knows; decoding happens in the worker.
@@ -267,6 +287,9 @@ def start_listener(settings: NodeSettings, deps: ListenerDeps) -> ThreadedAssoci
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [deps]),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_RELEASED, handle_association_end, [deps, "released"]),
+        (evt.EVT_ABORTED, handle_association_end, [deps, "aborted"]),
+        (evt.EVT_REJECTED, handle_association_end, [deps, "rejected"]),
     ]
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False always returns the server

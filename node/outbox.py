@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from node.audit import RESULT_SENT
 from node.config import OutboxSettings, PacsSettings
 from node.pacs import PacsError, SendOutcome, store_files
 from node.store import Store
@@ -56,6 +57,11 @@ class Outbox:
             item = by_path[outcome.path]
             if outcome.ok:
                 self.store.outbox_sent(item["item_id"])
+                self.store.audit(
+                    RESULT_SENT, "sent", actor=self.pacs.ae_title, source=f"{self.pacs.host}:{self.pacs.port}",
+                    study_uid=str(item["job_id"]).rsplit("/", 1)[0],
+                    detail={"sop_instance_uid": item["sop_instance_uid"]},
+                )
                 continue
             attempts = int(item["attempts"]) + 1
             if attempts >= self.settings.max_attempts:

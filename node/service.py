@@ -18,6 +18,7 @@ from typing import Any, Callable
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.assembler import Assembler
+from node.audit import record_configuration
 from node.config import ConfigError, Settings
 from node.listener import ListenerDeps, Spool, start_listener
 from node.outbox import Outbox
@@ -88,6 +89,8 @@ class Node:
         if released:
             log.info("resuming %d job(s) left running by a previous process", released)
         self._reconcile_spool(store)
+        if record_configuration(store, self.settings.source, self.settings.node.ae_title):
+            log.warning("the configuration changed since the last start (audit record written)")
         store.close()
         deps = ListenerDeps(
             spool=Spool(self.data_dir / "spool"), open_store=self.open_store, routes=self.settings.routes,

@@ -85,6 +85,13 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
         {"event_id": int, "ts": float, "study_uid": str, "job_id": str, "event": str, "detail": str},
         "event_id",
     ),
+    # Who did what to which data (associations, PHI reads, results sent, configuration); exported as FHIR
+    # AuditEvent by node.audit. No patient names or IDs: studies by UID, peers by AE title and address.
+    "audit": (
+        {"audit_id": int, "ts": float, "kind": str, "outcome": str, "actor": str, "source": str, "study_uid": str,
+         "detail": str},
+        "audit_id",
+    ),
 }
 
 
@@ -793,6 +800,21 @@ class Store:
         return list(self.db.query(
             f"SELECT * FROM {table} WHERE state IN {_in(states)} AND updated_at < ?", [*states, older_than]
         ))
+
+    # -- audit --------------------------------------------------------------------------------------------------
+
+    def audit(self, kind: str, outcome: str, *, actor: str = "", source: str = "", study_uid: str = "",
+              detail: dict[str, Any] | None = None, now: float | None = None) -> None:
+        with self.transaction():
+            self.db["audit"].insert(  # type: ignore[union-attr]
+                {"ts": time.time() if now is None else now, "kind": kind, "outcome": outcome, "actor": actor,
+                 "source": source, "study_uid": study_uid, "detail": json.dumps(detail or {}, sort_keys=True)}
+            )
+
+    def audit_records(self, since: float = 0.0, kind: str | None = None) -> list[dict[str, Any]]:
+        if kind is None:
+            return list(self.db.query("SELECT * FROM audit WHERE ts >= ? ORDER BY audit_id", [since]))
+        return list(self.db.query("SELECT * FROM audit WHERE ts >= ? AND kind = ? ORDER BY audit_id", [since, kind]))
 
     # -- reporting ----------------------------------------------------------------------------------------------
 

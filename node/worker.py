@@ -23,6 +23,7 @@ from typing import Any, Callable
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from node.audit import PHI_READ
 from node.config import Settings
 from node.context import fetch_context
 from node.listener import uid_digest
@@ -145,6 +146,13 @@ class Worker:
             client=self.fhir_client,
         )
         timings["fhir_s"] = time.perf_counter() - t
+        if self.settings.fhir is not None:
+            self.store.audit(
+                PHI_READ, context.fhir_status, actor=self.settings.node.ae_title, source=self.settings.fhir.base_url,
+                study_uid=job["study_uid"],
+                detail={"resources": "Patient, Observation, DocumentReference", "labs": len(context.labs),
+                        "notes": len(context.notes)},
+            )
         if context.fhir_status != "ok":
             log.warning("study %s: clinical context %s (%s); running image-only",
                         uid_digest(job["study_uid"]), context.fhir_status, context.detail)

@@ -37,7 +37,7 @@ class NodeProcess:
 
     def __init__(
         self, workdir: Path, pacs: Orthanc | None, fhir_url: str | None, quiet_seconds: float = 2.0,
-        register: bool = True,
+        register: bool = True, log_level: str = "INFO",
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -46,7 +46,7 @@ class NodeProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             "[node]", f'ae_title = "{self.ae_title}"', 'host = "127.0.0.1"', f"port = {self.port}",
-            f'data_dir = "{workdir / "data"}"', f"http_port = {self.http_port}",
+            f'data_dir = "{workdir / "data"}"', f"http_port = {self.http_port}", f'log_level = "{log_level}"',
             "[assembly]", f"quiet_seconds = {quiet_seconds}",
         ]
         if pacs is not None:
