@@ -39,6 +39,7 @@ def test_python_warnings_routed_through_logging_are_redacted() -> None:
     install(handler)
     py_warnings = logging.getLogger("py.warnings")
     py_warnings.addHandler(handler)
+    logging.captureWarnings(False)  # an earlier setup_logging may have captured them already: start clean
     logging.captureWarnings(True)
     try:
         with warnings.catch_warnings():
