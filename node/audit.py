@@ -23,6 +23,7 @@ ASSOCIATION = "association"
 PHI_READ = "phi-read"
 RESULT_SENT = "result-sent"
 CONFIGURATION = "configuration"
+EXPORT = "research-export"  # node.export writes it
 
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -32,6 +33,7 @@ _TYPES: dict[str, tuple[dict[str, str], str]] = {
     PHI_READ: ({"system": _EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}, "R"),
     RESULT_SENT: ({"system": _DCM, "code": "110104", "display": "DICOM Instances Transferred"}, "R"),
     CONFIGURATION: ({"system": _DCM, "code": "110100", "display": "Application Activity"}, "E"),
+    EXPORT: ({"system": _DCM, "code": "110106", "display": "Export"}, "R"),
 }
 _SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
 # AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure

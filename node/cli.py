@@ -162,6 +162,30 @@ def audit(
         typer.echo(json.dumps(row))
 
 
+@app.command()
+def export(
+    study_uid: str,
+    out: Path = typer.Option(..., "--out", help="A new (or empty) folder to write the study to."),
+    config: Path = ConfigOpt,
+    identified: bool = typer.Option(False, "--identified", help="Keep patient identifiers (default: de-identify)."),
+    seed: str = typer.Option(None, help="Seed for a repeatable de-identification (same seed, same pseudonyms)."),
+) -> None:
+    """Research export: the study's instances and current results, de-identified with dicognito unless
+    --identified; audited."""
+    from node.export import export_study
+    from node.store import Store
+
+    settings = _settings(config)
+    try:
+        summary = export_study(Store(settings.node.data_dir / "node.db"), study_uid, out,
+                               deidentify=not identified, seed=seed)
+    except (LookupError, FileExistsError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{summary.instances} instance(s) and {summary.results} result object(s) written to {out}"
+               f" ({'de-identified' if summary.deidentified else 'WITH patient identifiers'})")
+
+
 @app.command("pipelines")
 def list_pipelines() -> None:
     """The installed pipelines with their version and inputs."""

@@ -154,3 +154,26 @@ def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_
     assert ko.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
     from test_results_common import dciodvfy, errors
     assert errors(dciodvfy(Path(ko_path))) == []
+
+
+def test_research_export_is_deidentified_consistently_and_audited(tmp_path: Path) -> None:
+    from node.export import export_study
+
+    store, s, study_uid = received(tmp_path)
+    Worker(store, s, lambda name: FakePipeline(), owner="w").run_once()  # type: ignore[arg-type]
+    out = tmp_path / "export"
+    summary = export_study(store, study_uid, out, seed="test")
+    assert summary.instances == 2 and summary.results == 3
+    files = sorted(out.glob("*.dcm"))
+    for path in files:
+        raw = path.read_bytes()
+        assert b"SYN-0001" not in raw and b"Synthetic^Patient" not in raw and study_uid.encode() not in raw
+    exported = [dcmread(p) for p in files]
+    images = {str(ds.SOPInstanceUID) for ds in exported if ds.Modality == "CR"}
+    sr = [ds for ds in exported if ds.Modality == "SR"][0]
+    summary_sr = read_findings(sr)
+    assert set(summary_sr.images_analysed) == images, "the exported SR no longer points at the exported images"
+    assert {f.sop_instance_uid for f in summary_sr.findings} <= images
+    assert store.audit_records(kind="research-export")[0]["outcome"] == "de-identified"
+    with pytest.raises(FileExistsError):
+        export_study(store, study_uid, out)
