@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pydicom import Dataset
+from pydicom.datadict import keyword_for_tag
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
@@ -36,6 +37,17 @@ STATUS_CANNOT_UNDERSTAND = 0xC000  # the dataset is unusable: unparseable, trunc
 STATUS_DATASET_MISMATCH = 0xA900  # the dataset's SOP class is not the one of the presentation context
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+# What the node reads from a received instance (index, routing, pixel checks, pipelines' image loading): one of
+# these unreadable refuses the instance; any other malformed element is tolerated.
+ELEMENTS_READ = frozenset({
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined",
+    "SeriesDescription", "PatientID", "PatientAge", "PatientSex", "StudyDate", "Manufacturer", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation",
+    "NumberOfFrames", "PixelData", "RescaleSlope", "RescaleIntercept", "PixelSpacing", "ImagerPixelSpacing",
+    "WindowCenter", "WindowWidth", "VOILUTFunction",
+})
 
 
 class UnusableDataset(ValueError):
@@ -71,10 +83,22 @@ def check_dataset(ds: Dataset, transfer_syntax: UID) -> None:
     after the sender was told the instance is safe.
     """
     try:
-        for _ in ds:  # converts each raw element; truncation and garbage raise here
-            pass
+        tags = list(ds.keys())  # the stream's structure (tags, lengths) was parsed when the dataset was decoded
     except Exception as exc:  # pydicom raises many types for malformed data
         raise UnusableDataset(f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    # Lenient like a PACS: a malformed value the node never reads (an odd-length binary value, a bad private
+    # sequence) does not refuse the instance; the stored bytes stay exactly as received.
+    tolerated = 0
+    for tag in tags:
+        try:
+            ds[tag]  # converts the raw element
+        except Exception as exc:
+            keyword = keyword_for_tag(tag)
+            if keyword in ELEMENTS_READ or tag.group in (0x0002, 0x7FE0):
+                raise UnusableDataset(f"{keyword or 'an element'} cannot be read: {type(exc).__name__}") from exc
+            tolerated += 1
+    if tolerated:
+        log.debug("%d malformed element(s) the node does not read were tolerated", tolerated)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         _uid(ds, keyword)
     if "PixelData" in ds and not transfer_syntax.is_compressed:
