@@ -14,7 +14,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from node.results.uids import device_uid
+from node.results.sr import device_observer
 
 # IOCM (IHE RAD TF-1 Ch. 36): the rejection-note title an Image Manager acts on for objects that must not be shown.
 REJECTION_TITLE = codes.DCM.RejectedForQualityReasons  # (113001, DCM, "Rejected for Quality Reasons")
@@ -34,13 +34,7 @@ def build_rejection_note(
     """A KOS listing ``superseded`` (datasets of our earlier SR and SCs; pixels not needed)."""
     if not superseded:
         raise ValueError("a rejection note needs at least one superseded object")
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(pipeline, version), name=pipeline, manufacturer_name=manufacturer,
-            model_name=f"{pipeline} {version}",
-        ),
-    )
+    observer = device_observer(pipeline, version, manufacturer)
     content = hd.ko.KeyObjectSelection(
         document_title=REJECTION_TITLE,
         referenced_objects=list(superseded),

@@ -63,6 +63,19 @@ class SrSummary:
         return bool(self.predecessors)
 
 
+def device_observer(pipeline: str, version: str, manufacturer: str) -> hd.sr.ObserverContext:
+    """The algorithm as the observer of what our SR and rejection notes state (one Device UID per version)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(pipeline, version),
+            name=pipeline,
+            manufacturer_name=manufacturer,
+            model_name=f"{pipeline} {version}",
+        ),
+    )
+
+
 def build_sr(
     result: PipelineResult,
     sources: Sequence[Dataset],
@@ -95,15 +108,7 @@ def build_sr(
         # The threshold decides what "no lesion" means, so it travels with every statement made under it.
         parameters=[f"detection_threshold={result.detection_threshold:g}"],
     )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(result.pipeline_name, result.pipeline_version),
-            name=result.pipeline_name,
-            manufacturer_name=manufacturer,
-            model_name=f"{result.pipeline_name} {result.pipeline_version}",
-        ),
-    )
+    observer = device_observer(result.pipeline_name, result.pipeline_version, manufacturer)
     groups: list[
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = [_summary_group(result, by_uid, algorithm, derived_uid(sop_instance_uid, "summary-group"))]
