@@ -188,6 +188,9 @@ class Store:
         self.db["instances"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["jobs"].create_index(["state"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["runs"].create_index(["job_id"], if_not_exists=True)  # type: ignore[union-attr]
+        # is_own_result runs on every C-STORE: both of its lookups must be index searches
+        self.db["results"].create_index(["series_uid"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["results"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["outbox"].create_index(["state", "next_attempt_at"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["outbox"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
 
