@@ -47,11 +47,13 @@ def _settings(path: Path) -> Settings:
 def serve(config: Path = ConfigOpt) -> None:
     """Run the node: DICOM listener, assembly, pipelines, delivery to the PACS, status endpoints."""
     from node.service import Node, check_routes
+    from node.tls import check_tls
 
     settings = _settings(config)
     setup_logging(settings.node.log_level)
     try:
         check_routes(settings)
+        check_tls(settings)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from exc
