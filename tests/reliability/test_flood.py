@@ -21,6 +21,7 @@ import pytest
 
 from node_fakes import cr_dataset, write_cr
 from peers import NodeProcess, echoscu, storescu
+from secured import node_with
 
 pytestmark = pytest.mark.integration
 
@@ -94,9 +95,7 @@ class Flood:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path_factory.mktemp("flood") / "node", None, None, quiet_seconds=30)
-    proc.config.write_text("route = []\n" + proc.config.read_text())  # no pipeline to load: the listener is tested
-    proc.start(timeout=60)
+    proc = node_with(tmp_path_factory.mktemp("flood") / "node", "", quiet_seconds=30).start(timeout=60)
     yield proc
     proc.stop()
 
