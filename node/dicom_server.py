@@ -172,7 +172,7 @@ class ThrottledLog:
             if len(self._seen) > 4096:  # many distinct hosts: forget them rather than grow without bound
                 self._seen.clear()
             self._seen[key] = (now, 0)
-        suffix = f" ({held} more like this in the last {self.interval:.0f} s)" if held else ""
+        suffix = f" ({held} more like this in the last {self.interval:g} s)" if held else ""
         log.warning(message + suffix, *args)
 
 
@@ -198,7 +198,8 @@ def handle_requested(event: evt.Event, security: SecuritySettings, own_ae_title:
     if rejection is None:
         return
     book.note("association-limit" if rejection.source == SOURCE_PRESENTATION else "rejected")
-    throttled.warning(f"reject {conn.host}", "association from %s refused: %s", conn.host, rejection.why)
+    throttled.warning(f"reject {conn.host} {rejection.why}", "association from %s refused: %s", conn.host,
+                      rejection.why)
     assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
     assoc.kill()  # what pynetdicom does after its own rejections: waits for the DUL to send the A-ASSOCIATE-RJ
 
@@ -236,7 +237,8 @@ class GuardedServer(ThreadedAssociationServer):
         self.security = security
         self.throttled = ThrottledLog()
         self._last_gc = time.monotonic()
-        super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers, request_handler=_AssociationFactory)
+        super().__init__(ae, address, ae_title, contexts, ssl_context, evt_handlers,
+                         request_handler=_AssociationFactory)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None
@@ -300,7 +302,7 @@ class GuardedServer(ThreadedAssociationServer):
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             self.book.note("tls-handshake")
-            self.throttled.warning(f"tls {conn.host}", "TLS handshake with %s failed: %s", conn.host, reason)
+            self.throttled.warning(f"tls {conn.host} {reason}", "TLS handshake with %s failed: %s", conn.host, reason)
             return None
         return tls
 

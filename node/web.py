@@ -185,7 +185,7 @@ def start_web(host: str, port: int, open_store: Callable[[], Store], health: Hea
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path != "/healthz" and not self._authorized():
-                self._json(401, {"error": "send 'Authorization: Bearer <token>' (the token in [security.http] token_file)"},
+                self._json(401, {"error": "send 'Authorization: Bearer <token>' ([security.http] token_file)"},
                            {"WWW-Authenticate": 'Bearer realm="dicom-ai-node"'})
             elif path == "/healthz":
                 checks = health()
