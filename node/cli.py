@@ -30,6 +30,11 @@ def setup_logging(level: str = "INFO") -> None:
     )
     for ours in ("node", "pipelines"):
         logging.getLogger(ours).setLevel(getattr(logging, level.upper(), logging.INFO))
+    from node.dicom_server import ThrottledLibraryLog
+
+    for handler in logging.getLogger().handlers:  # pynetdicom's records reach the root handler: filter them there
+        if not any(isinstance(f, ThrottledLibraryLog) for f in handler.filters):
+            handler.addFilter(ThrottledLibraryLog())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder ships in a package; never reach for a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -154,26 +154,58 @@ class ConnectionStats:
     closed: dict[str, int]
 
 
-class ThrottledLog:
-    """At most one warning per key per interval, with a count of those held back: a flood must not flood the log."""
+class _Throttle:
+    """Lets a key through at most once per interval and counts what it held back meanwhile."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[float, int]] = {}
 
-    def warning(self, key: str, message: str, *args: Any) -> None:
+    def passes(self, key: str) -> tuple[bool, int]:
+        """(whether to log now, how many were held back since the last one logged)."""
         now = time.monotonic()
         with self._lock:
             last, held = self._seen.get(key, (-self.interval, 0))
             if now - last < self.interval:
                 self._seen[key] = (last, held + 1)
-                return
+                return False, held + 1
             if len(self._seen) > 4096:  # many distinct hosts: forget them rather than grow without bound
                 self._seen.clear()
             self._seen[key] = (now, 0)
-        suffix = f" ({held} more like this in the last {self.interval:g} s)" if held else ""
-        log.warning(message + suffix, *args)
+            return True, held
+
+
+class ThrottledLog:
+    """At most one warning per key per interval, with a count of those held back: a flood must not flood the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._throttle = _Throttle(interval)
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        passes, held = self._throttle.passes(key)
+        if passes:
+            suffix = f" ({held} more like this in the last {self._throttle.interval:g} s)" if held else ""
+            log.warning(message + suffix, *args)
+
+
+class ThrottledLibraryLog(logging.Filter):
+    """A handler filter for pynetdicom's records: each message template at most once per interval (other loggers'
+    records pass). pynetdicom logs every broken connection at ERROR with a traceback: under a flood, dozens of
+    lines a second."""
+
+    def __init__(self, library: str = "pynetdicom", interval: float = 10.0) -> None:
+        super().__init__()
+        self.library = library
+        self._throttle = _Throttle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != self.library and not record.name.startswith(self.library + "."):
+            return True
+        passes, held = self._throttle.passes(f"{record.name}:{record.msg}")
+        if passes and held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self._throttle.interval:g} s)"
+        return passes
 
 
 def handle_requested(event: evt.Event, security: SecuritySettings, own_ae_title: str, book: ConnectionBook,

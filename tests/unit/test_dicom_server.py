@@ -71,3 +71,17 @@ def test_throttled_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixtu
         throttled.warning("k", "refused %s", "10.0.0.1")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["refused 10.0.0.1", "refused 10.0.0.1 (4 more like this in the last 0.2 s)"]
+
+
+def test_library_filter_throttles_pynetdicom_templates_only() -> None:
+    from node.dicom_server import ThrottledLibraryLog
+
+    f = ThrottledLibraryLog(interval=60)
+
+    def record(name: str, msg: str, args: tuple[object, ...] = ()) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    assert f.filter(record("pynetdicom.dul", "PDU shorter (%d of %d bytes)", (16, 65542)))
+    assert not f.filter(record("pynetdicom.dul", "PDU shorter (%d of %d bytes)", (4, 6)))
+    assert f.filter(record("pynetdicom.acse", "Rejecting Association"))
+    assert all(f.filter(record("node.listener", "instance of study %s re-sent", ("x",))) for _ in range(3))
