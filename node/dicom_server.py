@@ -7,6 +7,7 @@ Access decisions come from ``node.access``; what an association does once establ
 
 from __future__ import annotations
 
+import gc
 import logging
 import select
 import socket
@@ -260,7 +261,7 @@ class GuardedServer(ThreadedAssociationServer):
     """An association server that takes the TLS handshake off the accept loop (pynetdicom does it there, so one
     silent client stops every accept) and applies a ``ConnectionBook``."""
 
-    request_queue_size = 128  # socketserver's 5 drops real senders' SYNs while a flood is being accepted
+    request_queue_size = 128  # socketserver's 5: a burst of flood connections would leave a real SYN waiting
 
     def __init__(self, ae: AE, address: tuple[str, int], ae_title: str, contexts: list[Any],
                  ssl_context: ssl.SSLContext | None = None, evt_handlers: list[Any] | None = None, *,
@@ -291,10 +292,11 @@ class GuardedServer(ThreadedAssociationServer):
         threading.Thread(target=self._serve, args=(conn, client_address), name=f"conn-{host}", daemon=True).start()
 
     def service_actions(self) -> None:
-        # pynetdicom runs gc.collect() every 60 accepts; under a flood, with torch loaded, that is the CPU gone.
-        if time.monotonic() - self._last_gc > 60:
+        # pynetdicom runs a full gc.collect() every 60 passes of the accept loop (for association threads it saw
+        # linger): 30 s when idle, but many times a second under a flood, in a process that holds torch's objects.
+        if time.monotonic() - self._last_gc > 30:
             self._last_gc = time.monotonic()
-            super().service_actions()
+            gc.collect()
 
     def _serve(self, conn: Connection, client_address: Any) -> None:
         deadline = conn.accepted_at + self.book.limits.associate_seconds
