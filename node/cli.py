@@ -36,6 +36,11 @@ def setup_logging(level: str = "INFO") -> None:
     logging.captureWarnings(True)  # pydicom's UserWarnings go through the same handler, redacted
     for ours in ("node", "pipelines"):
         logging.getLogger(ours).setLevel(getattr(logging, level.upper(), logging.INFO))
+    from node.dicom_server import ThrottledLibraryLog
+
+    for handler in logging.getLogger().handlers:  # pynetdicom's records reach the root handler: filter them there
+        if not any(isinstance(f, ThrottledLibraryLog) for f in handler.filters):
+            handler.addFilter(ThrottledLibraryLog())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text encoder ships in a package; never reach for a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -53,11 +58,13 @@ def _settings(path: Path) -> Settings:
 def serve(config: Path = ConfigOpt) -> None:
     """Run the node: DICOM listener, assembly, pipelines, delivery to the PACS, status endpoints."""
     from node.service import Node, check_routes
+    from node.tls import check_tls
 
     settings = _settings(config)
     setup_logging(settings.node.log_level)
     try:
         check_routes(settings)
+        check_tls(settings)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -5,7 +5,10 @@ Every error names the key and says how to fix it; nothing else in the node reads
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +83,60 @@ class RouteRule:
     patterns: dict[str, str] = field(default_factory=dict)
 
 
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class CallerRule:
+    """A calling AE title the node accepts, optionally only from some hosts (empty ``hosts``: from any host)."""
+
+    ae_title: str
+    hosts: tuple[IpNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class UserIdentitySettings:
+    """DICOM user identity negotiation (username and passcode, PS3.7 D.3.3.7)."""
+
+    users: dict[str, bytes] = field(repr=False)  # username -> passcode, read from users_file
+    required: bool = True  # False: an offered identity is still checked, but none offered is accepted
+    users_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DicomTlsSettings:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # CAs whose client certificates are trusted
+    verify_client: bool = True  # a client certificate signed by ca_file is required
+    required: bool = True  # True: the DICOM port speaks TLS only; False: plain on node.port and TLS on ``port``
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class HttpSecuritySettings:
+    token: str | None = field(default=None, repr=False)  # bearer token for everything but /healthz
+    token_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Who may connect and associate, and how long a connection may take to do so."""
+
+    associate_timeout_seconds: float = 5.0  # TLS handshake and A-ASSOCIATE-RQ must arrive within this
+    idle_timeout_seconds: float = 60.0  # an association silent (or stalled mid-PDU) this long is dropped
+    max_associations: int = 32  # established at once; more: A-ASSOCIATE-RJ "local limit exceeded"
+    max_connections_per_host: int = 16  # open connections from one source address; more: closed at once
+    max_pending_connections: int = 64  # connections still negotiating; more: the oldest is closed
+    require_called_ae_title: bool = False
+    callers: tuple[CallerRule, ...] = ()  # empty: any calling AE title from any host
+    user_identity: UserIdentitySettings | None = None
+    tls: DicomTlsSettings | None = None
+    http: HttpSecuritySettings = HttpSecuritySettings()
+
+
 @dataclass(frozen=True)
 class Settings:
     node: NodeSettings
@@ -91,6 +148,7 @@ class Settings:
     source: Path | None = None
     ingest: IngestSettings = IngestSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
+    security: SecuritySettings = SecuritySettings()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -141,7 +199,7 @@ def _known(table: dict[str, Any], section: str, keys: set[str]) -> None:
 
 def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Path | None = None) -> Settings:
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
-    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route"})
+    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -253,8 +311,145 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
                     raise ConfigError(f"{section}.{k} = {pattern!r} is not a valid regular expression ({exc})") from exc
             parsed.append(RouteRule(pipeline, patterns))
         routes = tuple(parsed)
+    security = _security(raw, node, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
-                    ingest=ingest, watchdog=watchdog)
+                    ingest=ingest, watchdog=watchdog, security=security)
+
+
+def _file(table: dict[str, Any], section: str, key: str, base_dir: Path | None, secret: bool = False) -> Path | None:
+    """A file named in the config: relative to the config file, must exist; a secret must not be world-readable."""
+    value = _get(table, section, key, str)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"{section}.{key} = {value!r}: no such file ({path}); create it or fix the path")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{section}.{key} = {value!r}: {path} is not readable by this user; fix its owner or mode")
+    if secret and path.stat().st_mode & stat.S_IROTH:
+        raise ConfigError(f"{section}.{key} = {value!r}: {path} is readable by every user; run 'chmod o-r {path}'")
+    return path
+
+
+def _positive(table: dict[str, Any], section: str, key: str, kind: type, default: Any) -> Any:
+    value = _get(table, section, key, kind, default)
+    if value <= 0:
+        raise ConfigError(f"{section}.{key} must be > 0, got {value!r}: fix the value in the config file")
+    return value
+
+
+def _callers(raw: Any) -> tuple[CallerRule, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("security.caller must be an array of tables: write each as '[[security.caller]]' with ae_title = \"...\"")
+    rules = []
+    for i, entry in enumerate(raw):
+        section = f"security.caller[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{section} must be a table with ae_title = \"...\" and optional hosts = [\"10.0.0.5\"]")
+        _known(entry, section, {"ae_title", "hosts"})
+        hosts_raw = _get(entry, section, "hosts", list, [])
+        hosts = []
+        for host in hosts_raw:
+            try:
+                hosts.append(ipaddress.ip_network(str(host), strict=False))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{section}.hosts: {host!r} is not an IP address or network; use e.g. \"10.0.0.5\" or "
+                    "\"10.0.0.0/24\" (host names are not resolved: DNS is not access control)"
+                ) from exc
+        rules.append(CallerRule(_ae(entry, section, None, required=True), tuple(hosts)))
+    return tuple(rules)
+
+
+def _users(path: Path, section: str) -> dict[str, bytes]:
+    users: dict[str, bytes] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, passcode = line.partition(":")
+        if not sep or not name.strip() or not passcode:
+            raise ConfigError(f"{section}.users_file {path} line {number}: write 'username:passcode' (both non-empty)")
+        users[name.strip()] = passcode.encode()
+    if not users:
+        raise ConfigError(f"{section}.users_file {path} lists no user: add lines 'username:passcode'")
+    return users
+
+
+def _security(raw: dict[str, Any], node: NodeSettings, base_dir: Path | None) -> SecuritySettings:
+    s = _table(raw, "security")
+    _known(s, "security", {
+        "associate_timeout_seconds", "idle_timeout_seconds", "max_associations", "max_connections_per_host",
+        "max_pending_connections", "require_called_ae_title", "caller", "user_identity", "tls", "http",
+    })
+    user_identity = None
+    if "user_identity" in s:
+        u = _table(s, "user_identity")
+        _known(u, "security.user_identity", {"required", "users_file"})
+        if "users_file" not in u:
+            raise ConfigError("security.user_identity.users_file is required: name a file of 'username:passcode' lines")
+        users_file = _file(u, "security.user_identity", "users_file", base_dir, secret=True)
+        assert users_file is not None
+        user_identity = UserIdentitySettings(
+            users=_users(users_file, "security.user_identity"),
+            required=_get(u, "security.user_identity", "required", bool, True), users_file=users_file,
+        )
+
+    tls = None
+    if "tls" in s:
+        t = _table(s, "tls")
+        section = "security.tls"
+        _known(t, section, {"cert_file", "key_file", "ca_file", "verify_client", "required", "port"})
+        for key in ("cert_file", "key_file"):
+            if key not in t:
+                raise ConfigError(f"{section}.{key} is required: add '{key} = \"/path/to/file.pem\"' under [{section}]")
+        verify_client = _get(t, section, "verify_client", bool, True)
+        ca_file = _file(t, section, "ca_file", base_dir)
+        if verify_client and ca_file is None:
+            raise ConfigError(f"{section}.ca_file is required while verify_client = true: name the CA file (PEM) that "
+                              "signs your modalities' certificates, or set verify_client = false")
+        required = _get(t, section, "required", bool, True)
+        port = _port(t, section, "port", None) if "port" in t else None
+        if required and port is not None and port != node.port:
+            raise ConfigError(f"{section}.port = {port}: with required = true TLS is spoken on node.port; remove "
+                              "port, or set required = false to keep plain DICOM on node.port beside TLS on port")
+        if not required and (port is None or port == node.port):
+            raise ConfigError(f"{section}.port is required and must differ from node.port when required = false "
+                              "(plain DICOM stays on node.port, TLS listens on port, e.g. 2762)")
+        cert_file = _file(t, section, "cert_file", base_dir)
+        key_file = _file(t, section, "key_file", base_dir, secret=True)
+        assert cert_file is not None and key_file is not None
+        tls = DicomTlsSettings(cert_file=cert_file, key_file=key_file, ca_file=ca_file, verify_client=verify_client,
+                               required=required, port=None if required else port)
+
+    h = _table(s, "http")
+    _known(h, "security.http", {"token_file", "cert_file", "key_file"})
+    token_file = _file(h, "security.http", "token_file", base_dir, secret=True)
+    token = None
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+        if len(token) < 16 or any(c.isspace() for c in token):
+            raise ConfigError(f"security.http.token_file {token_file}: the token must be one word of at least 16 "
+                              "characters, e.g. the output of 'openssl rand -hex 32'")
+    http_cert = _file(h, "security.http", "cert_file", base_dir)
+    http_key = _file(h, "security.http", "key_file", base_dir, secret=True)
+    if (http_cert is None) != (http_key is None):
+        raise ConfigError("security.http.cert_file and security.http.key_file go together: set both for HTTPS, or neither")
+
+    settings = SecuritySettings(
+        associate_timeout_seconds=_positive(s, "security", "associate_timeout_seconds", float, 5.0),
+        idle_timeout_seconds=_positive(s, "security", "idle_timeout_seconds", float, 60.0),
+        max_associations=_positive(s, "security", "max_associations", int, 32),
+        max_connections_per_host=_positive(s, "security", "max_connections_per_host", int, 16),
+        max_pending_connections=_positive(s, "security", "max_pending_connections", int, 64),
+        require_called_ae_title=_get(s, "security", "require_called_ae_title", bool, False),
+        callers=_callers(s.get("caller", [])),
+        user_identity=user_identity,
+        tls=tls,
+        http=HttpSecuritySettings(token=token, token_file=token_file, cert_file=http_cert, key_file=http_key),
+    )
+    return settings
 
 
 def load_settings(path: Path) -> Settings:

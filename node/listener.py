@@ -23,11 +23,12 @@ from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from node.config import IngestSettings, NodeSettings, RouteRule
+from node.config import IngestSettings, NodeSettings, RouteRule, SecuritySettings
+from node.dicom_server import ConnectionBook, ConnectionLimits, Listeners, serve
 from node.router import pipelines_for
 from node.store import IndexedInstance, IndexOutcome, Store
+from node.tls import dicom_context
 
 log = logging.getLogger("node.listener")
 
@@ -290,24 +291,28 @@ def handle_association_end(event: evt.Event, deps: ListenerDeps, outcome: str) -
         log.error("audit record of an association could not be written: %s", type(exc).__name__)
 
 
-def build_ae(settings: NodeSettings) -> AE:
+def build_ae(settings: NodeSettings, security: SecuritySettings = SecuritySettings()) -> AE:
     ae = AE(ae_title=settings.ae_title)
     # Accept every storage SOP class in every transfer syntax pydicom knows; decoding happens in the worker.
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    ae.maximum_associations = 32
+    # pynetdicom counts connections still negotiating against this limit, so idle sockets locked everyone out;
+    # node.dicom_server limits established associations (and negotiating connections) itself instead.
+    ae.maximum_associations = 100_000
     ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
-    ae.network_timeout = 60
+    ae.network_timeout = security.idle_timeout_seconds
     ae.dimse_timeout = 60
-    ae.acse_timeout = 30
+    ae.acse_timeout = security.associate_timeout_seconds  # ARTIM: also how long a release may take
     return ae
 
 
-def start_listener(settings: NodeSettings, deps: ListenerDeps) -> ThreadedAssociationServer:
-    """Start the SCP in background threads and return its server (call ``shutdown()`` to stop)."""
-    ae = build_ae(settings)
+def start_listener(settings: NodeSettings, deps: ListenerDeps,
+                   security: SecuritySettings = SecuritySettings()) -> Listeners:
+    """Start the SCP in background threads: on ``settings.port``, plain or TLS as ``[security.tls]`` says, plus a
+    TLS port beside the plain one when TLS is not required. ``shutdown()`` on the result stops them."""
+    ae = build_ae(settings, security)
     handlers: list[Any] = [
         (evt.EVT_C_STORE, handle_store, [deps]),
         (evt.EVT_C_ECHO, handle_echo),
@@ -315,7 +320,15 @@ def start_listener(settings: NodeSettings, deps: ListenerDeps) -> ThreadedAssoci
         (evt.EVT_ABORTED, handle_association_end, [deps, "aborted"]),
         (evt.EVT_REJECTED, handle_association_end, [deps, "rejected"]),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False always returns the server
-    log.info("listening for DICOM as %s on %s:%d", settings.ae_title, settings.host, settings.port)
-    return server
+    book = ConnectionBook(ConnectionLimits.of(security))
+    tls = security.tls
+    context = dicom_context(tls) if tls is not None else None
+    servers = [serve(ae, (settings.host, settings.port), security, handlers, book,
+                     context if tls is not None and tls.required else None)]
+    if tls is not None and not tls.required:
+        assert tls.port is not None
+        servers.append(serve(ae, (settings.host, tls.port), security, handlers, book, context))
+    for server in servers:
+        log.info("listening for DICOM as %s on %s:%d (%s)", settings.ae_title, settings.host,
+                 server.server_address[1], "TLS" if server.ssl_context is not None else "plain")
+    return Listeners(tuple(servers), book)

@@ -15,15 +15,15 @@ import time
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
-from pynetdicom.transport import ThreadedAssociationServer
-
 from node.assembler import Assembler
 from node.audit import record_configuration
 from node.config import ConfigError, Settings
+from node.dicom_server import Listeners
 from node.listener import ListenerDeps, Spool, start_listener
 from node.outbox import Outbox
 from node.pacs import study_instance_count
 from node.store import Store
+from node.tls import http_context
 from node.watchdog import Watchdog
 from node.web import start_web
 from node.worker import Worker
@@ -73,7 +73,7 @@ class Node:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.listener: ThreadedAssociationServer | None = None
+        self.listener: Listeners | None = None
         self.web: ThreadingHTTPServer | None = None
         self.pipelines_ready = threading.Event()
 
@@ -96,8 +96,11 @@ class Node:
             spool=Spool(self.data_dir / "spool"), open_store=self.open_store, routes=self.settings.routes,
             ingest=self.settings.ingest,
         )
-        self.listener = start_listener(self.settings.node, deps)
-        self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health)
+        security = self.settings.security
+        self.listener = start_listener(self.settings.node, deps, security)
+        self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health,
+                             token=security.http.token, ssl_context=http_context(security.http),
+                             connection_stats=self.listener.book.stats)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         self._spawn("outbox", self._outbox_loop)

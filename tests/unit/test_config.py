@@ -81,3 +81,108 @@ def test_the_shipped_example_config_loads() -> None:
     s = load_settings(Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml")
     assert s.ingest.own_results == "ignore" and s.ingest.resent_conflict == "keep-first"
     assert s.watchdog.job_stuck_seconds == 3600 and s.assembly.reopen_debounce_seconds == 2
+
+
+def secret(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_no_security_section_keeps_todays_behaviour(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, "[node]\nport = 11112\n"))
+    sec = s.security
+    assert sec.callers == () and sec.user_identity is None and sec.tls is None and sec.http.token is None
+    assert not sec.require_called_ae_title
+    assert (sec.associate_timeout_seconds, sec.max_associations, sec.max_connections_per_host) == (5.0, 32, 16)
+
+
+def test_full_security_section_loads(tmp_path: Path) -> None:
+    for name in ("server.pem", "ca.pem", "web.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    for name in ("server.key", "web.key"):
+        secret(tmp_path / name, "key")
+    secret(tmp_path / "users", "# comment\nct-room-2:pass:with:colons\n")
+    secret(tmp_path / "token", "0123456789abcdef0123\n")
+    s = load_settings(write(tmp_path, """
+[security]
+associate_timeout_seconds = 3
+max_connections_per_host = 4
+require_called_ae_title = true
+[[security.caller]]
+ae_title = "CT1"
+hosts = ["10.0.0.5", "10.1.0.0/16"]
+[[security.caller]]
+ae_title = "ORTHANC"
+[security.user_identity]
+users_file = "users"
+[security.tls]
+cert_file = "server.pem"
+key_file = "server.key"
+ca_file = "ca.pem"
+[security.http]
+token_file = "token"
+cert_file = "web.pem"
+key_file = "web.key"
+"""))
+    sec = s.security
+    assert sec.associate_timeout_seconds == 3.0 and sec.max_connections_per_host == 4 and sec.require_called_ae_title
+    assert [c.ae_title for c in sec.callers] == ["CT1", "ORTHANC"]
+    assert [str(n) for n in sec.callers[0].hosts] == ["10.0.0.5/32", "10.1.0.0/16"] and sec.callers[1].hosts == ()
+    assert sec.user_identity is not None and sec.user_identity.users == {"ct-room-2": b"pass:with:colons"}
+    assert sec.tls is not None and sec.tls.required and sec.tls.verify_client and sec.tls.ca_file == tmp_path / "ca.pem"
+    assert sec.http.token == "0123456789abcdef0123" and sec.http.key_file == tmp_path / "web.key"
+    assert "0123456789abcdef0123" not in repr(s) and "pass:with:colons" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[security]\nmax_conections = 1\n", "max_conections"),
+        ("[security]\nassociate_timeout_seconds = 0\n", "security.associate_timeout_seconds"),
+        ("[security]\nmax_associations = \"many\"\n", "security.max_associations"),
+        ("[[security.caller]]\nhosts = [\"10.0.0.1\"]\n", "security.caller[0].ae_title"),
+        ("[[security.caller]]\nae_title = \"CT1\"\nhosts = [\"ct1.hospital.org\"]\n", "security.caller[0].hosts"),
+        ("[security.tls]\ncert_file = \"absent.pem\"\nkey_file = \"absent.key\"\nverify_client = false\n",
+         "security.tls.cert_file.*no such file"),
+        ("[security.tls]\nkey_file = \"k\"\n", "security.tls.cert_file is required"),
+        ("[security.user_identity]\nrequired = true\n", "security.user_identity.users_file is required"),
+        ("[security.http]\ntoken_file = \"nope\"\n", "security.http.token_file.*no such file"),
+    ],
+)
+def test_bad_security_values_name_the_key(tmp_path: Path, text: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
+        load_settings(write(tmp_path, text))
+
+
+def test_secrets_readable_by_everyone_are_refused(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123")
+    token.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod o-r"):
+        load_settings(write(tmp_path, '[security.http]\ntoken_file = "token"\n'))
+
+
+@pytest.mark.parametrize(
+    ("tls", "names"),
+    [
+        ("", "security.tls.ca_file is required while verify_client"),
+        ('ca_file = "ca.pem"\nport = 2762\n', "security.tls.port = 2762: with required = true"),
+        ('ca_file = "ca.pem"\nrequired = false\n', "security.tls.port is required"),
+    ],
+)
+def test_tls_modes_are_consistent(tmp_path: Path, tls: str, names: str) -> None:
+    (tmp_path / "s.pem").write_text("x")
+    (tmp_path / "ca.pem").write_text("x")
+    secret(tmp_path / "s.key", "x")
+    with pytest.raises(ConfigError, match=names):
+        load_settings(write(tmp_path, f'[node]\nport = 11112\n[security.tls]\ncert_file = "s.pem"\nkey_file = "s.key"\n{tls}'))
+
+
+def test_users_file_format_and_token_length(tmp_path: Path) -> None:
+    secret(tmp_path / "users", "just-a-name\n")
+    with pytest.raises(ConfigError, match="line 1: write 'username:passcode'"):
+        load_settings(write(tmp_path, '[security.user_identity]\nusers_file = "users"\n'))
+    secret(tmp_path / "token", "short")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_settings(write(tmp_path, '[security.http]\ntoken_file = "token"\n'))

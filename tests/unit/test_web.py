@@ -40,3 +40,47 @@ def test_endpoints(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/nope").status_code == 404
     finally:
         server.shutdown()
+
+
+def test_token_guards_everything_but_healthz(tmp_path: Path) -> None:
+    db = tmp_path / "node.db"
+    Store(db)
+    port = free_port()
+    server = start_web("127.0.0.1", port, lambda: Store(db), lambda: {"database": True}, token="t" * 32)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        for path in ("/api/studies", "/metrics", "/nope"):
+            r = httpx.get(f"{base}{path}")
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+            assert httpx.get(f"{base}{path}", headers={"Authorization": "Bearer " + "x" * 32}).status_code == 401
+            assert httpx.get(f"{base}{path}", headers={"Authorization": "t" * 32}).status_code == 401  # no scheme
+        ok = {"Authorization": "Bearer " + "t" * 32}
+        assert httpx.get(f"{base}/api/studies", headers=ok).json() == []
+        assert httpx.get(f"{base}/metrics", headers=ok).status_code == 200
+        assert httpx.get(f"{base}/nope", headers=ok).status_code == 404
+    finally:
+        server.shutdown()
+
+
+def test_https_handshake_is_not_on_the_accept_loop(tmp_path: Path) -> None:
+    import socket
+    import ssl
+
+    from node.config import HttpSecuritySettings
+    from node.tls import http_context
+    from pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    context = http_context(HttpSecuritySettings(cert_file=pki.server.cert, key_file=pki.server.key))
+    db = tmp_path / "node.db"
+    Store(db)
+    port = free_port()
+    server = start_web("127.0.0.1", port, lambda: Store(db), lambda: {"database": True}, ssl_context=context)
+    silent = socket.create_connection(("127.0.0.1", port))  # connects, never says hello
+    try:
+        trust = ssl.create_default_context(cafile=str(pki.ca))
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=3).status_code == 200
+    finally:
+        silent.close()
+        server.shutdown()
