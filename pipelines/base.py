@@ -134,10 +134,13 @@ class ExcludedInstance:
     detail: str = ""  # the decoder's words, without identifiers
 
 
+def exception_words(exc: BaseException, limit: int = 240) -> str:
+    """An exception's type and first words on one line (decoders can be wordy, and span lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
 def excluded_because(sop_instance_uid: str, reason: str, exc: BaseException) -> ExcludedInstance:
-    """An ExcludedInstance whose detail is the exception's type and first words (decoders can be wordy)."""
-    words = " ".join(str(exc).split())
-    return ExcludedInstance(sop_instance_uid, reason, f"{type(exc).__name__}: {words}"[:240])
+    return ExcludedInstance(sop_instance_uid, reason, exception_words(exc))
 
 
 @dataclass(frozen=True)
