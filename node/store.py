@@ -147,7 +147,7 @@ class RunOutcome:
     input_digest: str
     objects: tuple[tuple[str, str, str, str], ...]  # (sop_uid, series_uid, kind, path); empty when unchanged
     unchanged: bool
-    summary: dict[str, Any]  # timings, fhir_status, n_findings, inputs_missing, sr_sop_uid
+    summary: dict[str, Any]  # timings, fhir_status, n_findings, inputs_missing, sr_sop_uid[, instances_excluded]
     predecessor_sr_uid: str | None = None
 
 
@@ -607,8 +607,14 @@ class Store:
             pending = destination is not None and self._scalar(
                 "SELECT COUNT(*) FROM outbox WHERE run_id = ? AND state = 'pending'", [run_id]) > 0
             state = RunState.SENDING if pending else RunState.SENT
+            excluded = s.get("instances_excluded") or []
+            detail = "; ".join(filter(None, [
+                "amends " + current["run_id"] if current else "",
+                f"not analysed: {len(excluded)} instance(s): "
+                + ", ".join(f"{uid} {reason} ({why})" for uid, reason, why in excluded) if excluded else "",
+            ]))
             self._set_run(run_id, state, sr_sop_uid=s["sr_sop_uid"], predecessor_sr_uid=outcome.predecessor_sr_uid,
-                          detail="amends " + current["run_id"] if current else "", **run_cols)
+                          detail=detail, **run_cols)
             if current is not None:
                 self._set_run(current["run_id"], RunState.SUPERSEDED, detail=f"amended by {run_id}")
             self._job_to(
@@ -618,7 +624,8 @@ class Store:
                 sr_sop_uid=s["sr_sop_uid"], **job_cols,
             )
             self._event("results-written", study_uid, job_id,
-                        detail=f"{run_id}: {len(outcome.objects)} objects" + (" (amendment)" if current else ""))
+                        detail=f"{run_id}: {len(outcome.objects)} objects" + (" (amendment)" if current else "")
+                        + (f", {len(excluded)} instance(s) not analysed" if excluded else ""))
             self._settle_study(study_uid, now)
             return state
 
