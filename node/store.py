@@ -801,6 +801,34 @@ class Store:
             f"SELECT * FROM {table} WHERE state IN {_in(states)} AND updated_at < ?", [*states, older_than]
         ))
 
+    # -- health (read-only: what /healthz asks) -------------------------------------------------------------------
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        """Runs that hold their job now (the job is running and this is its active run)."""
+        return list(self.db.query(
+            "SELECT r.* FROM runs r JOIN jobs j ON j.active_run_id = r.run_id WHERE j.state = ? ORDER BY r.started_at",
+            [str(JobState.RUNNING)],
+        ))
+
+    def oldest_claimable_since(self) -> float | None:
+        """Since when the longest-waiting claimable job (queued, its study processing) has been claimable."""
+        row = self.db.execute(
+            "SELECT MIN(MAX(j.updated_at, s.updated_at)) FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
+            "WHERE j.state = ? AND s.state = ?", [str(JobState.QUEUED), str(StudyState.PROCESSING)],
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def last_run_activity(self) -> float | None:
+        """When a run last started or finished."""
+        row = self.db.execute("SELECT MAX(MAX(COALESCE(started_at, 0)), MAX(COALESCE(finished_at, 0))) FROM runs"
+                              ).fetchone()
+        return float(row[0]) if row and row[0] else None
+
+    def overdue_deliveries(self, due_before: float) -> int:
+        """Pending deliveries that were due before ``due_before`` and are still not attempted."""
+        return self._scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
+                            [due_before])
+
     # -- reporting ----------------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, dict[str, int]]:

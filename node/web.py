@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -19,7 +19,10 @@ from node.store import Store
 
 log = logging.getLogger(__name__)
 
-HealthCheck = Callable[[], dict[str, bool]]
+# check name -> True, or False / a sentence saying what is wrong
+HealthCheck = Callable[[], Mapping[str, bool | str]]
+# metric name -> (help, value), read at scrape time
+Gauges = Callable[[], Mapping[str, tuple[str, float]]]
 
 
 def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
@@ -65,8 +68,10 @@ def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
 class _StoreCollector:
     """Reads the database at scrape time, so the numbers are right after a restart too."""
 
-    def __init__(self, open_store: Callable[[], Store]) -> None:
+    def __init__(self, open_store: Callable[[], Store], health: HealthCheck, gauges: Gauges | None) -> None:
         self.open_store = open_store
+        self.health = health
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Any]:
         store = self.open_store()
@@ -89,11 +94,18 @@ class _StoreCollector:
                 f"ainode_job_{stage[:-2]}_seconds", f"per-job {stage[:-2]} time",
                 buckets=cumulative, sum_value=sum(values),
             )
+        checks = GaugeMetricFamily("ainode_health_check", "1 when the /healthz check passes", labels=["check"])
+        for name, value in sorted(self.health().items()):
+            checks.add_metric([name], float(value is True))
+        yield checks
+        for name, (text, number) in sorted((self.gauges() if self.gauges is not None else {}).items()):
+            yield GaugeMetricFamily(name, text, value=number)
 
 
-def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck) -> ThreadingHTTPServer:
+def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck,
+              gauges: Gauges | None = None) -> ThreadingHTTPServer:
     registry = CollectorRegistry()
-    registry.register(_StoreCollector(open_store))  # type: ignore[arg-type]
+    registry.register(_StoreCollector(open_store, health, gauges))  # type: ignore[arg-type]
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, body: bytes, content_type: str) -> None:
@@ -109,8 +121,9 @@ def start_web(host: str, port: int, open_store: Callable[[], Store], health: Hea
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                checks = health()
-                self._json(200 if all(checks.values()) else 503, {"ok": all(checks.values()), "checks": checks})
+                checks = dict(health())
+                ok = all(value is True for value in checks.values())
+                self._json(200 if ok else 503, {"ok": ok, "checks": checks})
             elif path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/api/studies":
