@@ -87,10 +87,14 @@ def _write_dataset(ds: Dataset, path: Path) -> None:
     """Write durably: temp file, fsync, rename (a crash leaves the old file or none, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the job is retried, and half a file would only hold space
+        raise
 
 
 def _nothing_left(excluded: tuple[ExcludedInstance, ...]) -> str:
