@@ -292,3 +292,15 @@ def test_an_ehr_past_its_budget_gives_image_only_results_coded_timeout(tmp_path:
     assert job["state"] == "sending" and job["fhir_status"] == "timeout"
     summary = read_findings(dcmread(sr_of(store, study_uid)))
     assert summary.fhir_status == "timeout" and {"labs", "notes"} <= set(summary.inputs_missing)
+
+
+def test_a_result_write_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.worker import _write_dataset
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("node.worker.os.fsync", disk_full)
+    with pytest.raises(OSError):
+        _write_dataset(cr_dataset("w", 1), tmp_path / "out" / "sr.dcm")
+    assert list((tmp_path / "out").iterdir()) == []
