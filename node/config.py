@@ -57,6 +57,24 @@ class AssemblySettings:
 class IngestSettings:
     own_results: str = "ignore"  # the node's own SR/SC coming back: "ignore" (acknowledge, keep nothing) or "store"
     resent_conflict: str = "keep-first"  # same SOP Instance UID, different content: "keep-first" or "replace"
+    # how much of the pixel data the C-STORE handler checks: "off", "header" (sizes; for encapsulated syntaxes the
+    # items, frames and codestream markers, without decoding) or "decode" (a full decode of every instance)
+    check_pixels: str = "header"
+    # low-space watermark on the spool's filesystem: below either, stores are refused with 0xA700 (0 turns one off)
+    min_free_mb: float = 1024.0
+    min_free_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Wall-clock budgets: past one, the stage degrades or fails with a coded reason and the queue moves on."""
+
+    fhir_seconds: float = 30.0  # one clinical-context fetch, every request and every byte of it
+    pipeline_seconds: float = 600.0  # one pipeline run
+    delivery_seconds: float = 120.0  # one delivery attempt: association, every C-STORE, release
+    # /healthz turns degraded when a run is this long past its budget, a claimable job has waited this long while
+    # the worker did nothing, or a delivery is this long overdue
+    stall_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,7 @@ class Settings:
     ingest: IngestSettings = IngestSettings()
     watchdog: WatchdogSettings = WatchdogSettings()
     security: SecuritySettings = SecuritySettings()
+    budgets: BudgetSettings = BudgetSettings()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -199,7 +218,8 @@ def _known(table: dict[str, Any], section: str, keys: set[str]) -> None:
 
 def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Path | None = None) -> Settings:
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
-    _known(raw, "top level", {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security"})
+    _known(raw, "top level",
+           {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -262,11 +282,20 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
         raise ConfigError("assembly.reopen_debounce_seconds must be >= 0 (seconds after a re-opened study's last instance)")
 
     ing = _table(raw, "ingest")
-    _known(ing, "ingest", {"own_results", "resent_conflict"})
+    _known(ing, "ingest", {"own_results", "resent_conflict", "check_pixels", "min_free_mb", "min_free_percent"})
     ingest = IngestSettings(
         own_results=_get(ing, "ingest", "own_results", str, "ignore"),
         resent_conflict=_get(ing, "ingest", "resent_conflict", str, "keep-first"),
+        check_pixels=_get(ing, "ingest", "check_pixels", str, "header"),
+        min_free_mb=_get(ing, "ingest", "min_free_mb", float, 1024.0),
+        min_free_percent=_get(ing, "ingest", "min_free_percent", float, 0.0),
     )
+    if ingest.check_pixels not in ("off", "header", "decode"):
+        raise ConfigError(f"ingest.check_pixels = {ingest.check_pixels!r}: use \"off\", \"header\" or \"decode\"")
+    if ingest.min_free_mb < 0:
+        raise ConfigError("ingest.min_free_mb must be >= 0 (MB that must stay free on the spool's filesystem; 0: off)")
+    if not 0 <= ingest.min_free_percent < 100:
+        raise ConfigError("ingest.min_free_percent must be from 0 (off) to below 100 (percent of the spool's filesystem)")
     if ingest.own_results not in ("ignore", "store"):
         raise ConfigError(f"ingest.own_results = {ingest.own_results!r}: use \"ignore\" or \"store\"")
     if ingest.resent_conflict not in ("keep-first", "replace"):
@@ -293,6 +322,18 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     if outbox.max_attempts < 1:
         raise ConfigError("outbox.max_attempts must be >= 1")
 
+    b = _table(raw, "budgets")
+    _known(b, "budgets", {"fhir_seconds", "pipeline_seconds", "delivery_seconds", "stall_seconds"})
+    budgets = BudgetSettings(
+        fhir_seconds=_get(b, "budgets", "fhir_seconds", float, 30.0),
+        pipeline_seconds=_get(b, "budgets", "pipeline_seconds", float, 600.0),
+        delivery_seconds=_get(b, "budgets", "delivery_seconds", float, 120.0),
+        stall_seconds=_get(b, "budgets", "stall_seconds", float, 300.0),
+    )
+    for key in ("fhir_seconds", "pipeline_seconds", "delivery_seconds", "stall_seconds"):
+        if getattr(budgets, key) <= 0:
+            raise ConfigError(f"budgets.{key} must be > 0 (seconds of wall-clock time)")
+
     routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
     if "route" in raw:
         rules = raw["route"]
@@ -313,7 +354,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
         routes = tuple(parsed)
     security = _security(raw, node, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
-                    ingest=ingest, watchdog=watchdog, security=security)
+                    ingest=ingest, watchdog=watchdog, security=security, budgets=budgets)
 
 
 def _file(table: dict[str, Any], section: str, key: str, base_dir: Path | None, secret: bool = False) -> Path | None:

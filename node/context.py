@@ -1,14 +1,18 @@
 """FHIR client: the patient of a study, the labs a pipeline declares and the notes it reads -> ClinicalContext.
 
 Payloads are parsed with fhir.resources' R4B models (R4-compatible); anything the EHR did not give stays absent.
+A whole fetch has one wall-clock budget: httpx's timeouts are per read, so a server trickling bytes defeats them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from time import monotonic
 from typing import Any, Iterator
 
 import httpx
@@ -36,12 +40,24 @@ class _Unreachable(Exception):
     """The EHR did not give a usable answer; the message is safe to show (no patient identifiers)."""
 
 
+class _OverBudget(Exception):
+    """The fetch ran past its wall-clock budget (or its caller stopped waiting for it)."""
+
+
 class _HttpStatus(_Unreachable):
     """The EHR answered a search with a status other than 200."""
 
     def __init__(self, what: str, status: int) -> None:
         super().__init__(f"{what}: FHIR server answered HTTP {status}")
         self.status = status
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A complete 200 answer: where it came from and its body."""
+
+    url: str
+    content: bytes
 
 
 @dataclass(frozen=True)
@@ -76,22 +92,43 @@ def _local_day(moment: date | datetime) -> date:
 
 
 class _Session:
-    def __init__(self, settings: FhirSettings, client: httpx.Client) -> None:
+    def __init__(self, settings: FhirSettings, client: httpx.Client, deadline: float | None = None,
+                 abandoned: threading.Event | None = None) -> None:
         self.base_url = settings.base_url.rstrip("/")
         self.timeout = settings.timeout_seconds
         self.client = client
+        self.deadline = deadline  # time.monotonic() by which the whole fetch must be done; None: no budget
+        self.abandoned = abandoned or threading.Event()
 
-    def get(self, url: str, params: list[tuple[str, str]] | None, what: str) -> httpx.Response:
+    def _left(self) -> float:
+        """Seconds left of the budget; raises once it is spent (checked between every chunk of every answer)."""
+        if self.abandoned.is_set():
+            raise _OverBudget("the caller stopped waiting")
+        if self.deadline is None:
+            return float("inf")
+        left = self.deadline - monotonic()
+        if left <= 0:
+            raise _OverBudget("budget spent")
+        return left
+
+    def get(self, url: str, params: list[tuple[str, str]] | None, what: str) -> _Answer:
+        # Streamed, so that the budget is checked between chunks: a read timeout alone never fires on a trickle.
+        timeout = min(self.timeout, self._left())
         try:
             query = tuple(params) if params is not None else None  # tuple: covariant, as httpx.get types it
-            response = self.client.get(url, params=query, headers={"Accept": FHIR_JSON}, timeout=self.timeout)
+            with self.client.stream("GET", url, params=query, headers={"Accept": FHIR_JSON}, timeout=timeout) as response:
+                if response.status_code != 200:
+                    raise _HttpStatus(what, response.status_code)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    self._left()
+                return _Answer(str(response.request.url), bytes(body))
         except httpx.TimeoutException as exc:
+            self._left()  # a read cut short by the budget is a budget overrun, not an unreachable server
             raise _Unreachable(f"{what}: no answer within {self.timeout:g} s ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise _Unreachable(f"{what}: cannot connect to the FHIR server ({type(exc).__name__})") from exc
-        if response.status_code != 200:
-            raise _HttpStatus(what, response.status_code)
-        return response
 
     def search(self, resource_type: str, params: list[tuple[str, str]], model: type[Any]) -> list[_Hit]:
         """All matches of a type-level search, following Bundle ``next`` links."""
@@ -103,24 +140,24 @@ class _Session:
         for _ in range(MAX_PAGES):
             if url is None:
                 return hits
-            response = self.get(url, page_params, what)
-            raw = _json(response, what)
+            answer = self.get(url, page_params, what)
+            raw = _json(answer, what)
             bundle = _parse(Bundle, raw, what)
             for model_entry, raw_entry in zip(bundle.entry or [], raw.get("entry") or []):
                 mode = model_entry.search.mode if model_entry.search is not None else None
                 resource = model_entry.resource
                 if mode in (None, "match") and isinstance(resource, model):
                     hits.append(_Hit(resource, raw_entry.get("resource") or {}))
-            seen.add(str(response.request.url))
+            seen.add(answer.url)
             next_url = next((link.url for link in bundle.link or [] if link.relation == "next"), None)
             url = str(next_url) if next_url and str(next_url) not in seen else None
             page_params = None  # a next link carries its own query
         raise _Unreachable(f"{what}: more than {MAX_PAGES} pages; refusing to follow further")
 
 
-def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+def _json(answer: _Answer, what: str) -> dict[str, Any]:
     try:
-        payload = response.json()
+        payload = json.loads(answer.content)
     except ValueError as exc:
         raise _Unreachable(f"{what}: payload is not JSON") from exc
     if not isinstance(payload, dict):
@@ -240,16 +277,59 @@ def fetch_context(
     study_date: str | None,
     requirements: PipelineRequirements,
     client: httpx.Client | None = None,
+    budget_seconds: float | None = None,
 ) -> ClinicalContext:
     """Ask the EHR about the patient of a study: the latest declared labs in the window before the study, and notes.
 
-    Never raises for EHR trouble: the status and detail of the returned context say what went wrong.
+    Never raises for EHR trouble: the status and detail of the returned context say what went wrong. With
+    ``budget_seconds`` the answer comes within that many seconds, "timeout" when the EHR was not done by then.
     """
     if settings is None:
         return ClinicalContext.unavailable("unreachable", "no [fhir] base_url configured")
+    if budget_seconds is None:
+        return _fetch(settings, patient_id, study_date, requirements, client, None, threading.Event())
+    # The fetch runs beside the caller, who stops waiting at the deadline; the fetch itself notices between two
+    # chunks (or at its capped read timeout) and ends, so nothing blocks past the budget for long.
+    abandoned = threading.Event()
+    outcome: list[ClinicalContext | BaseException] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(_fetch(settings, patient_id, study_date, requirements, client, budget_seconds, abandoned))
+        except BaseException as exc:  # handed to the caller, who raises it
+            outcome.append(exc)
+
+    fetcher = threading.Thread(target=fetch, name="fhir-context", daemon=True)
+    fetcher.start()
+    fetcher.join(budget_seconds)
+    if not outcome:
+        abandoned.set()
+        return _over_budget(budget_seconds)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _over_budget(budget_seconds: float) -> ClinicalContext:
+    detail = f"no complete answer within the budget of {budget_seconds:g} s (budgets.fhir_seconds)"
+    log.info("fhir.context status=timeout detail=%r", detail)
+    return ClinicalContext.unavailable("timeout", detail)
+
+
+def _fetch(
+    settings: FhirSettings,
+    patient_id: str,
+    study_date: str | None,
+    requirements: PipelineRequirements,
+    client: httpx.Client | None,
+    budget_seconds: float | None,
+    abandoned: threading.Event,
+) -> ClinicalContext:
+    deadline = None if budget_seconds is None else monotonic() + budget_seconds
     day = _study_day(study_date)
     own_client = client is None
-    session = _Session(settings, client if client is not None else httpx.Client(timeout=settings.timeout_seconds))
+    session = _Session(settings, client if client is not None else httpx.Client(timeout=settings.timeout_seconds),
+                       deadline, abandoned)
     try:
         found = _find_patient(session, settings, patient_id)
         if isinstance(found, ClinicalContext):
@@ -261,6 +341,9 @@ def fetch_context(
     except _Unreachable as exc:
         log.info("fhir.context status=unreachable detail=%r", str(exc))
         return ClinicalContext.unavailable("unreachable", str(exc))
+    except _OverBudget:
+        assert budget_seconds is not None  # without a budget the session never raises it
+        return _over_budget(budget_seconds)
     finally:
         if own_client:
             session.client.close()

@@ -26,6 +26,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import IngestSettings, NodeSettings, RouteRule, SecuritySettings
 from node.dicom_server import ConnectionBook, ConnectionLimits, Listeners, serve
+
+
+from node.config import IngestSettings, NodeSettings, RouteRule
+from node.pixels import UnusablePixels, check_pixels
+from node.resources import low_space
 from node.router import pipelines_for
 from node.store import IndexedInstance, IndexOutcome, Store
 from node.tls import dicom_context
@@ -67,21 +72,11 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return value
 
 
-def _expected_pixel_bytes(ds: Dataset) -> int | None:
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits, spp = int(ds.BitsAllocated), int(ds.get("SamplesPerPixel", 1))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return (rows * cols * spp * frames * bits + 7) // 8
-
-
-def check_dataset(ds: Dataset, transfer_syntax: UID) -> None:
+def check_dataset(ds: Dataset, transfer_syntax: UID, pixels: str = "header") -> None:
     """Force every top-level element to be read and check what the node relies on.
 
     pydicom parses lazily, so a truncated stream or garbage would otherwise only fail later in the worker,
-    after the sender was told the instance is safe.
+    after the sender was told the instance is safe. ``pixels`` is the ``[ingest] check_pixels`` policy.
     """
     try:
         tags = list(ds.keys())  # the stream's structure (tags, lengths) was parsed when the dataset was decoded
@@ -102,13 +97,10 @@ def check_dataset(ds: Dataset, transfer_syntax: UID) -> None:
         log.debug("%d malformed element(s) the node does not read were tolerated", tolerated)
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         _uid(ds, keyword)
-    if "PixelData" in ds and not transfer_syntax.is_compressed:
-        expected = _expected_pixel_bytes(ds)
-        actual = len(ds.PixelData)
-        if expected is None:
-            raise UnusableDataset("PixelData without a usable Rows/Columns/BitsAllocated description")
-        if actual < expected:
-            raise UnusableDataset(f"PixelData truncated: {actual} bytes of {expected}")
+    try:
+        check_pixels(ds, transfer_syntax, pixels)
+    except UnusablePixels as exc:
+        raise UnusableDataset(str(exc)) from exc
 
 
 class Spool:
@@ -124,25 +116,37 @@ class Spool:
         return self.root / uid_digest(study_uid) / f"{sop_instance_uid}{suffix}.dcm"
 
     def write(self, study_uid: str, sop_instance_uid: str, data: bytes, digest: str = "") -> Path:
-        """Temp file, fsync, atomic rename, fsync of the directory: after this returns the bytes survive a crash."""
+        """Temp file, fsync, atomic rename, fsync of the directory: after this returns the bytes survive a crash.
+
+        When any step fails (a full disk, most often) nothing of this write is left: the sender still has the
+        instance, and a half-written file would hold the very space a re-send needs.
+        """
         final = self.path_for(study_uid, sop_instance_uid, digest)
         folder = final.parent
         new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{sop_instance_uid}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        renamed = False
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        if new_folder:
-            _fsync_dir(self.root)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            renamed = True
+            _fsync_dir(folder)
+            if new_folder:
+                _fsync_dir(self.root)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if renamed:  # not yet indexed, and its durability unknown: the sender will send it again
+                final.unlink(missing_ok=True)
+            raise
         return final
 
 
@@ -196,7 +200,7 @@ def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
         transfer_syntax = event.context.transfer_syntax
-        check_dataset(ds, UID(transfer_syntax))
+        check_dataset(ds, UID(transfer_syntax), deps.ingest.check_pixels)
         if str(ds.SOPClassUID) != str(event.request.AffectedSOPClassUID):
             log.warning("store refused: SOP Class UID differs from the request's (caller %s)", calling_ae)
             return STATUS_DATASET_MISMATCH
@@ -226,15 +230,23 @@ def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
             log.info("instance of study %s re-sent: %s", uid_digest(study_uid), outcome)
             return STATUS_SUCCESS
         data = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta), stream))
+        short = low_space(deps.spool.root, deps.ingest, len(data))
+        if short is not None:
+            log.warning("store refused from %s (study %s): %s", calling_ae, uid_digest(study_uid), short)
+            return STATUS_OUT_OF_RESOURCES
         path = deps.spool.write(study_uid, sop_uid, data, digest)
         row = _indexed(ds, event, calling_ae, str(path), len(data), digest, own, deps)
-        if replace:
-            old = store.replace_instance(row)
-            if old and old != str(path):
-                Path(old).unlink(missing_ok=True)
-            outcome = IndexOutcome.REPLACED
-        else:
-            outcome = store.index_instance(row)
+        try:
+            if replace:
+                old = store.replace_instance(row)
+                outcome = IndexOutcome.REPLACED
+            else:
+                outcome = store.index_instance(row)
+        except BaseException:
+            _drop_unindexed(store, sop_uid, path)
+            raise
+        if replace and old and old != str(path):
+            Path(old).unlink(missing_ok=True)
     except Exception as exc:  # disk full, permissions, database locked: the sender must keep the instance
         log.error("store failed to persist (study %s): %s: %s", uid_digest(study_uid), type(exc).__name__, exc)
         return STATUS_OUT_OF_RESOURCES
@@ -244,6 +256,17 @@ def handle_store(event: evt.Event, deps: ListenerDeps) -> int:
     if outcome in (IndexOutcome.NEW, IndexOutcome.REPLACED) and deps.on_stored is not None:
         deps.on_stored(study_uid)
     return STATUS_SUCCESS
+
+
+def _drop_unindexed(store: Store, sop_uid: str, path: Path) -> None:
+    """Indexing failed: remove the file just written, unless a row names it after all (the same instance, stored
+    by a concurrent association). An unindexed file would only hold space until the re-send writes it again."""
+    try:
+        known = store.known_instance(sop_uid)
+    except Exception:
+        return  # cannot tell: keeping an orphan file is better than losing an indexed instance's bytes
+    if known is None or known.path != str(path):
+        path.unlink(missing_ok=True)
 
 
 def _indexed(ds: Dataset, event: evt.Event, calling_ae: str, path: str, size: int, digest: str, own: bool,

@@ -1,7 +1,8 @@
 """Delivery of result objects to the PACS from the persistent outbox, with exponential backoff.
 
 An item leaves "pending" only on a stored status from the PACS, or after ``max_attempts`` (dead letter,
-listed by ``dicom-ai-node status``); a kill at any point leaves it pending, and a resend is harmless.
+listed by ``dicom-ai-node status``); a kill at any point leaves it pending, and a resend is harmless. Each attempt
+has a wall-clock budget (``budgets.delivery_seconds``), handed to the sender; past it the attempt counts as failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from node.store import Store
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[PacsSettings, str, list[Path]], list[SendOutcome]]
+# (PACS, calling AE title, files, budget of the attempt in seconds) -> one outcome per file
+Sender = Callable[[PacsSettings, str, list[Path], float], list[SendOutcome]]
 
 
 def backoff(settings: OutboxSettings, attempts: int) -> float:
@@ -34,12 +36,14 @@ class Outbox:
         settings: OutboxSettings,
         calling_ae: str,
         sender: Sender = store_files,
+        attempt_budget_seconds: float = 120.0,
     ) -> None:
         self.store = store
         self.pacs = pacs
         self.settings = settings
         self.calling_ae = calling_ae
         self.sender = sender
+        self.attempt_budget_seconds = attempt_budget_seconds
 
     def run_once(self, now: float | None = None) -> int:
         """Send every due item over one association; returns how many were attempted."""
@@ -50,7 +54,7 @@ class Outbox:
             return 0
         by_path = {Path(item["path"]): item for item in due}
         try:
-            outcomes = self.sender(self.pacs, self.calling_ae, list(by_path))
+            outcomes = self.sender(self.pacs, self.calling_ae, list(by_path), self.attempt_budget_seconds)
         except (PacsError, OSError) as exc:
             outcomes = [SendOutcome(path, False, str(exc)) for path in by_path]
         for outcome in outcomes:

@@ -19,9 +19,11 @@ from node.assembler import Assembler
 from node.audit import record_configuration
 from node.config import ConfigError, Settings
 from node.dicom_server import Listeners
+from node.health import Check, progress_checks
 from node.listener import ListenerDeps, Spool, start_listener
 from node.outbox import Outbox
 from node.pacs import study_instance_count
+from node.resources import disk_space, low_space, watermark_bytes
 from node.store import Store
 from node.tls import http_context
 from node.watchdog import Watchdog
@@ -76,6 +78,7 @@ class Node:
         self.listener: Listeners | None = None
         self.web: ThreadingHTTPServer | None = None
         self.pipelines_ready = threading.Event()
+        self.worker: Worker | None = None  # set by the worker thread; /healthz asks it about abandoned runs
 
     def open_store(self) -> Store:
         return Store(self.db_path)
@@ -100,7 +103,7 @@ class Node:
         self.listener = start_listener(self.settings.node, deps, security)
         self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health,
                              token=security.http.token, ssl_context=http_context(security.http),
-                             connection_stats=self.listener.book.stats)
+                             connection_stats=self.listener.book.stats, gauges=self.gauges)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         self._spawn("outbox", self._outbox_loop)
@@ -138,17 +141,41 @@ class Node:
         finally:
             self.stop()
 
-    def health(self) -> dict[str, bool]:
-        alive = {t.name: t.is_alive() for t in self._threads}
+    def health(self) -> dict[str, Check]:
+        """Each check True, or what is wrong with it (then /healthz answers 503)."""
+        checks: dict[str, Check] = {t.name: t.is_alive() for t in self._threads}
         try:
             store = self.open_store()
-            store.counts()
-            store.close()
-            db_ok = True
-        except Exception:
-            db_ok = False
-        return {"database": db_ok, "listener": self.listener is not None, **alive,
-                "pipelines_loaded": self.pipelines_ready.is_set()}
+            try:
+                progress = progress_checks(store, self.settings.budgets, time.time())
+            finally:
+                store.close()
+            checks["database"] = True
+        except Exception as exc:
+            checks["database"] = f"cannot read the database: {type(exc).__name__}: {exc}"
+            progress = {}
+        abandoned = self.worker.abandoned_runs() if self.worker is not None else []
+        return {
+            "listener": self.listener is not None, **checks, "pipelines_loaded": self.pipelines_ready.is_set(),
+            **progress,
+            "pipeline_threads": True if not abandoned else (
+                f"{len(abandoned)} pipeline run(s) past their budget still executing ({'; '.join(abandoned)}); "
+                "their jobs failed and the queue moved on, but only a restart stops them"),
+            "disk_space": low_space(self.data_dir / "spool", self.settings.ingest) or True,
+        }
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """Numbers for /metrics beside the database's: disk space of the spool and abandoned pipeline runs."""
+        space = disk_space(self.data_dir / "spool")
+        floor = watermark_bytes(space, self.settings.ingest)
+        return {
+            "ainode_spool_free_bytes": ("bytes free on the spool's filesystem", float(space.free_bytes)),
+            "ainode_spool_watermark_bytes": ("stores are refused (0xA700) below this many free bytes", float(floor)),
+            "ainode_spool_low_space": ("1 while free space is below the watermark", float(space.free_bytes < floor)),
+            "ainode_pipeline_runs_abandoned": (
+                "pipeline runs past their budget whose threads still execute",
+                float(len(self.worker.abandoned_runs()) if self.worker is not None else 0)),
+        }
 
     # -- loops ----------------------------------------------------------------------------------------------
 
@@ -187,6 +214,7 @@ class Node:
                 self.load_pipeline(rule.pipeline)  # model load before the first study, not during it
         self.pipelines_ready.set()
         worker = Worker(store, self.settings, self.load_pipeline, self.owner, self.fhir_client)
+        self.worker = worker
         while not self._stop.is_set():
             if not worker.run_once():
                 self._stop.wait(0.2)
@@ -200,7 +228,8 @@ class Node:
 
     def _outbox_loop(self) -> None:
         store = self.open_store()
-        outbox = Outbox(store, self.settings.pacs, self.settings.outbox, self.settings.node.ae_title)
+        outbox = Outbox(store, self.settings.pacs, self.settings.outbox, self.settings.node.ae_title,
+                        attempt_budget_seconds=self.settings.budgets.delivery_seconds)
         while not self._stop.is_set():
             if outbox.run_once() == 0:
                 self._stop.wait(0.5)

@@ -154,7 +154,7 @@ class RunOutcome:
     input_digest: str
     objects: tuple[tuple[str, str, str, str], ...]  # (sop_uid, series_uid, kind, path); empty when unchanged
     unchanged: bool
-    summary: dict[str, Any]  # timings, fhir_status, n_findings, inputs_missing, sr_sop_uid
+    summary: dict[str, Any]  # timings, fhir_status, n_findings, inputs_missing, sr_sop_uid[, instances_excluded]
     predecessor_sr_uid: str | None = None
 
 
@@ -617,8 +617,14 @@ class Store:
             pending = destination is not None and self._scalar(
                 "SELECT COUNT(*) FROM outbox WHERE run_id = ? AND state = 'pending'", [run_id]) > 0
             state = RunState.SENDING if pending else RunState.SENT
+            excluded = s.get("instances_excluded") or []
+            detail = "; ".join(filter(None, [
+                "amends " + current["run_id"] if current else "",
+                f"not analysed: {len(excluded)} instance(s): "
+                + ", ".join(f"{uid} {reason} ({why})" for uid, reason, why in excluded) if excluded else "",
+            ]))
             self._set_run(run_id, state, sr_sop_uid=s["sr_sop_uid"], predecessor_sr_uid=outcome.predecessor_sr_uid,
-                          detail="amends " + current["run_id"] if current else "", **run_cols)
+                          detail=detail, **run_cols)
             if current is not None:
                 self._set_run(current["run_id"], RunState.SUPERSEDED, detail=f"amended by {run_id}")
             self._job_to(
@@ -628,7 +634,8 @@ class Store:
                 sr_sop_uid=s["sr_sop_uid"], **job_cols,
             )
             self._event("results-written", study_uid, job_id,
-                        detail=f"{run_id}: {len(outcome.objects)} objects" + (" (amendment)" if current else ""))
+                        detail=f"{run_id}: {len(outcome.objects)} objects" + (" (amendment)" if current else "")
+                        + (f", {len(excluded)} instance(s) not analysed" if excluded else ""))
             self._settle_study(study_uid, now)
             return state
 
@@ -818,6 +825,35 @@ class Store:
         if kind is None:
             return list(self.db.query("SELECT * FROM audit WHERE ts >= ? ORDER BY audit_id", [since]))
         return list(self.db.query("SELECT * FROM audit WHERE ts >= ? AND kind = ? ORDER BY audit_id", [since, kind]))
+
+
+    # -- health (read-only: what /healthz asks) -------------------------------------------------------------------
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        """Runs that hold their job now (the job is running and this is its active run)."""
+        return list(self.db.query(
+            "SELECT r.* FROM runs r JOIN jobs j ON j.active_run_id = r.run_id WHERE j.state = ? ORDER BY r.started_at",
+            [str(JobState.RUNNING)],
+        ))
+
+    def oldest_claimable_since(self) -> float | None:
+        """Since when the longest-waiting claimable job (queued, its study processing) has been claimable."""
+        row = self.db.execute(
+            "SELECT MIN(MAX(j.updated_at, s.updated_at)) FROM jobs j JOIN studies s ON s.study_uid = j.study_uid "
+            "WHERE j.state = ? AND s.state = ?", [str(JobState.QUEUED), str(StudyState.PROCESSING)],
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def last_run_activity(self) -> float | None:
+        """When a run last started or finished."""
+        row = self.db.execute("SELECT MAX(MAX(COALESCE(started_at, 0)), MAX(COALESCE(finished_at, 0))) FROM runs"
+                              ).fetchone()
+        return float(row[0]) if row and row[0] else None
+
+    def overdue_deliveries(self, due_before: float) -> int:
+        """Pending deliveries that were due before ``due_before`` and are still not attempted."""
+        return self._scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND next_attempt_at < ?",
+                            [due_before])
 
     # -- reporting ----------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -25,7 +25,10 @@ from node.store import Store
 
 log = logging.getLogger(__name__)
 
-HealthCheck = Callable[[], dict[str, bool]]
+# check name -> True, or False / a sentence saying what is wrong
+HealthCheck = Callable[[], Mapping[str, bool | str]]
+# metric name -> (help, value), read at scrape time
+Gauges = Callable[[], Mapping[str, tuple[str, float]]]
 
 
 def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
@@ -71,8 +74,10 @@ def study_summaries(store: Store, limit: int = 500) -> list[dict[str, Any]]:
 class _StoreCollector:
     """Reads the database at scrape time, so the numbers are right after a restart too."""
 
-    def __init__(self, open_store: Callable[[], Store]) -> None:
+    def __init__(self, open_store: Callable[[], Store], health: HealthCheck, gauges: Gauges | None) -> None:
         self.open_store = open_store
+        self.health = health
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Any]:
         store = self.open_store()
@@ -95,6 +100,12 @@ class _StoreCollector:
                 f"ainode_job_{stage[:-2]}_seconds", f"per-job {stage[:-2]} time",
                 buckets=cumulative, sum_value=sum(values),
             )
+        checks = GaugeMetricFamily("ainode_health_check", "1 when the /healthz check passes", labels=["check"])
+        for name, value in sorted(self.health().items()):
+            checks.add_metric([name], float(value is True))
+        yield checks
+        for name, (text, number) in sorted((self.gauges() if self.gauges is not None else {}).items()):
+            yield GaugeMetricFamily(name, text, value=number)
 
 
 HANDSHAKE_SECONDS = 10.0
@@ -153,10 +164,11 @@ class _ConnectionCollector:
 
 def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck,
               token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-              connection_stats: Callable[[], ConnectionStats] | None = None) -> ThreadingHTTPServer:
+              connection_stats: Callable[[], ConnectionStats] | None = None,
+              gauges: Gauges | None = None) -> ThreadingHTTPServer:
     """Serve the endpoints in background threads. Without ``token`` they answer anyone (the demo's setting)."""
     registry = CollectorRegistry()
-    registry.register(_StoreCollector(open_store))  # type: ignore[arg-type]
+    registry.register(_StoreCollector(open_store, health, gauges))  # type: ignore[arg-type]
     if connection_stats is not None:
         registry.register(_ConnectionCollector(connection_stats))  # type: ignore[arg-type]
     expected = f"Bearer {token}".encode() if token else None
@@ -188,8 +200,9 @@ def start_web(host: str, port: int, open_store: Callable[[], Store], health: Hea
                 self._json(401, {"error": "send 'Authorization: Bearer <token>' ([security.http] token_file)"},
                            {"WWW-Authenticate": 'Bearer realm="dicom-ai-node"'})
             elif path == "/healthz":
-                checks = health()
-                self._json(200 if all(checks.values()) else 503, {"ok": all(checks.values()), "checks": checks})
+                checks = dict(health())
+                ok = all(value is True for value in checks.values())
+                self._json(200 if ok else 503, {"ok": ok, "checks": checks})
             elif path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/api/studies":

@@ -1,6 +1,11 @@
 """The job worker: claims a queued job (opening a run), gathers its inputs, runs the pipeline, writes SR/SC,
 queues delivery.
 
+Each stage has a wall-clock budget ([budgets]): the FHIR fetch past its budget gives image-only results whose SR
+says "timeout"; a pipeline run past its budget fails the run with "deadline exceeded" and the worker moves on (the
+run's thread cannot be killed: it is abandoned, and /healthz says so until it ends). An input that cannot be
+decoded is left out with its reason, the rest is analysed, and the SR lists what was not.
+
 The instances a job reads were selected once, at routing, and are stored with it. Result UIDs are derived from
 study + pipeline + version + a digest of the inputs (each instance's content and the clinical context), so a job
 replayed after a crash produces the very same objects and the PACS keeps one copy. When the digest equals the
@@ -14,11 +19,12 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,12 +33,13 @@ from node.audit import PHI_READ
 from node.config import Settings
 from node.context import fetch_context
 from node.listener import uid_digest
+from node.pixels import decode_problem
 from node.results.ko import build_rejection_note
 from node.results.sc import build_overlays, overlay_png
 from node.results.sr import build_sr
 from node.results.uids import input_digest, result_uid
 from node.store import RunOutcome, Store
-from pipelines.base import ClinicalContext, InstanceRef, Pipeline, StudyInput
+from pipelines.base import ClinicalContext, ExcludedInstance, InstanceRef, Pipeline, PipelineResult, StudyInput
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,16 @@ MAX_ATTEMPTS = 3
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 KO_SERIES_NUMBER = 9903
+
+T = TypeVar("T")
+
+
+class DeadlineExceeded(RuntimeError):
+    """A stage ran past its budget; the message begins with "deadline exceeded" and names the budget's key."""
+
+
+class NothingToAnalyse(RuntimeError):
+    """Every input of the job was left out (none could be read or decoded): there is nothing to state results on."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +88,32 @@ def _write_dataset(ds: Dataset, path: Path) -> None:
     """Write durably: temp file, fsync, rename (a crash leaves the old file or none, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the job is retried, and half a file would only hold space
+        raise
+
+
+def _nothing_left(excluded: tuple[ExcludedInstance, ...]) -> str:
+    reasons = sorted({e.reason for e in excluded})
+    return f"no input could be analysed: {len(excluded)} instance(s) left out ({', '.join(reasons)})"
+
+
+def _header_of(ref: InstanceRef, study_uid: str) -> Dataset:
+    """An excluded instance as SR evidence: its header, or where even that cannot be read, the UIDs the index has."""
+    try:
+        return dcmread(ref.path, stop_before_pixels=True)
+    except Exception:  # unreadable: exactly why it was left out
+        ds = Dataset()
+        ds.SOPClassUID = ref.sop_class_uid
+        ds.SOPInstanceUID = ref.sop_instance_uid
+        ds.SeriesInstanceUID = ref.series_instance_uid
+        ds.StudyInstanceUID = study_uid
+        return ds
 
 
 class Worker:
@@ -94,7 +133,18 @@ class Worker:
         self.owner = owner
         self.fhir_client = fhir_client
         self.results_dir = settings.node.data_dir / "results"
-        self.lease_seconds = 900.0
+        budgets = settings.budgets
+        # The lease only matters after a crash; it must outlast every budget of a run, or a live run is reclaimed.
+        self.lease_seconds = max(900.0, budgets.fhir_seconds + budgets.pipeline_seconds + budgets.stall_seconds)
+        self._abandoned: list[tuple[threading.Thread, str, float]] = []  # (thread, what, when) past their budget
+        self._abandoned_lock = threading.Lock()
+
+    def abandoned_runs(self) -> list[str]:
+        """Pipeline runs past their budget whose threads still execute (Python cannot stop them; a restart does)."""
+        now = time.time()
+        with self._abandoned_lock:
+            self._abandoned = [entry for entry in self._abandoned if entry[0].is_alive()]
+            return [f"{what}, abandoned {now - when:.0f} s ago" for _, what, when in self._abandoned]
 
     def run_once(self) -> bool:
         job = self.store.claim_job(self.owner, self.lease_seconds)
@@ -102,6 +152,10 @@ class Worker:
             return False
         try:
             outcome = self.process(job)
+        except (DeadlineExceeded, NothingToAnalyse) as exc:
+            # Retrying cannot help: the same inputs would run as long, or decode as badly. The queue moves on.
+            log.error("job for study %s (%s) failed: %s", uid_digest(job["study_uid"]), job["pipeline"], exc)
+            self.store.fail_run(job["run_id"], str(exc), retry=False)
         except Exception as exc:
             retry = int(job["attempts"]) < MAX_ATTEMPTS
             log.error(
@@ -143,7 +197,7 @@ class Worker:
         t = time.perf_counter()
         context = fetch_context(
             self.settings.fhir, study["patient_id"] or "", study["study_date"] or None, pipeline.requirements,
-            client=self.fhir_client,
+            client=self.fhir_client, budget_seconds=self.settings.budgets.fhir_seconds,
         )
         timings["fhir_s"] = time.perf_counter() - t
         if self.settings.fhir is not None:
@@ -169,14 +223,16 @@ class Worker:
             return JobOutcome(job["job_id"], int(current["n_findings"] or 0), [], unchanged=True)
 
         t = time.perf_counter()
-        result = pipeline.run(
-            StudyInput(
-                study_instance_uid=job["study_uid"], instances=refs,
-                patient_age_years=study["patient_age"], patient_sex=study["patient_sex"] or None,
-            ),
-            context,
+        study_input = StudyInput(
+            study_instance_uid=job["study_uid"], instances=refs,
+            patient_age_years=study["patient_age"], patient_sex=study["patient_sex"] or None,
         )
+        result = self._analyse(pipeline, study_input, context)
         timings["inference_s"] = time.perf_counter() - t
+        if result.instances_excluded:
+            reasons = sorted({e.reason for e in result.instances_excluded})
+            log.warning("study %s: %d of %d instance(s) not analysed (%s); the SR lists them",
+                        uid_digest(job["study_uid"]), len(result.instances_excluded), len(refs), ", ".join(reasons))
 
         t = time.perf_counter()
         superseded = self._objects_of(current)
@@ -190,6 +246,7 @@ class Worker:
         summary = {
             "timings": timings, "fhir_status": context.fhir_status, "n_findings": len(result.findings),
             "inputs_missing": list(result.inputs_missing), "sr_sop_uid": objects[0][0],
+            "instances_excluded": [[e.sop_instance_uid, e.reason, e.detail] for e in result.instances_excluded],
         }
         self.store.finish_run(
             job["run_id"],
@@ -198,6 +255,57 @@ class Worker:
             destination,
         )
         return JobOutcome(job["job_id"], len(result.findings), objects)
+
+    def _analyse(self, pipeline: Pipeline, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        """Run the pipeline within its budget; when it fails, leave out the inputs that cannot be decoded and run it
+        again on the rest (same budget). A failure with every input decodable is the pipeline's own: raised."""
+        deadline = time.monotonic() + self.settings.budgets.pipeline_seconds
+        try:
+            result = self._within(deadline, f"pipeline {pipeline.name}", lambda: pipeline.run(study, context))
+        except DeadlineExceeded:
+            raise
+        except Exception as first_error:
+            # Decoding every input up front would cost every job a second decode; doing it after a failure costs
+            # only the jobs that failed. Pipelines may also report such inputs themselves (instances_excluded).
+            probed = self._within(deadline, "decoding the inputs", lambda: [
+                decode_problem(ref.path, ref.sop_instance_uid) for ref in study.instances])
+            excluded = tuple(p for p in probed if p is not None)
+            if not excluded:
+                raise first_error
+            if len(excluded) == len(study.instances):
+                raise NothingToAnalyse(_nothing_left(excluded)) from first_error
+            left = {e.sop_instance_uid for e in excluded}
+            rest = replace(study, instances=tuple(r for r in study.instances if r.sop_instance_uid not in left))
+            result = self._within(deadline, f"pipeline {pipeline.name}", lambda: pipeline.run(rest, context))
+            result = replace(result, instances_excluded=excluded + result.instances_excluded)
+        if result.instances_excluded and not result.images_analysed:
+            raise NothingToAnalyse(_nothing_left(result.instances_excluded))
+        return result
+
+    def _within(self, deadline: float, what: str, work: Callable[[], T]) -> T:
+        """``work()`` in its own thread, waited for until ``deadline`` (time.monotonic()); past it the thread is
+        abandoned (it cannot be killed) and DeadlineExceeded is raised, so the worker can take the next job."""
+        budget = self.settings.budgets.pipeline_seconds
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed back to the waiting worker
+                outcome.append((False, exc))
+
+        thread = threading.Thread(target=run, name=what, daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not outcome:
+            with self._abandoned_lock:
+                self._abandoned.append((thread, what, time.time()))
+            raise DeadlineExceeded(f"deadline exceeded: {what} ran longer than the budget of {budget:g} s "
+                                   "(budgets.pipeline_seconds)")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def _objects_of(self, current: dict[str, Any] | None) -> list[Dataset]:
         """The SR and overlays of the job's current results, which a new run amends (none for a first run)."""
@@ -215,11 +323,14 @@ class Worker:
     ) -> list[tuple[str, str, str, str]]:
         analysed = set(result.images_analysed) | {f.sop_instance_uid for f in result.findings}
         with_pixels = {f.sop_instance_uid for f in result.findings}
-        sources = [
+        sources: list[Dataset] = [
             dcmread(ref.path, stop_before_pixels=ref.sop_instance_uid not in with_pixels)
             for ref in refs
             if ref.sop_instance_uid in analysed
         ]
+        # after the analysed ones: the SR takes patient and study from its first source
+        excluded = {e.sop_instance_uid for e in result.instances_excluded}
+        sources += [_header_of(ref, job["study_uid"]) for ref in refs if ref.sop_instance_uid in excluded]
 
         def uid(role: str) -> str:
             return result_uid(job["study_uid"], result.pipeline_name, result.pipeline_version, digest, role)

@@ -83,8 +83,8 @@ class ClinicalContext:
     """What the EHR said about the patient at the time of the study.
 
     ``fhir_status`` is "ok" when the FHIR server answered and the patient was found, "patient-not-found" when it
-    answered without a matching patient, and "unreachable" when it did not answer. Missing values are never
-    imputed here: a pipeline sees which labs are absent and says so in its findings.
+    answered without a matching patient, "unreachable" when it did not answer, and "timeout" when it did not answer
+    completely within the node's time budget. Missing values are never imputed here: a pipeline sees which labs are absent and says so in its findings.
     """
 
     fhir_status: str
@@ -126,6 +126,24 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class ExcludedInstance:
+    """An input instance a run could not analyse, and why; the rest of the study is analysed without it."""
+
+    sop_instance_uid: str
+    reason: str  # "undecodable" (its pixel data cannot be decoded) or "unreadable" (the file cannot be read)
+    detail: str = ""  # the decoder's words, without identifiers
+
+
+def exception_words(exc: BaseException, limit: int = 240) -> str:
+    """An exception's type and first words on one line (decoders can be wordy, and span lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:limit]
+
+
+def excluded_because(sop_instance_uid: str, reason: str, exc: BaseException) -> ExcludedInstance:
+    return ExcludedInstance(sop_instance_uid, reason, exception_words(exc))
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     """All findings of one pipeline run on one study, and what the run had to work with."""
 
@@ -137,6 +155,8 @@ class PipelineResult:
     inputs_missing: tuple[str, ...]  # study-level: "labs", "notes", or specific "labs:<loinc>"
     fhir_status: str
     device: str  # "cuda" or "cpu"
+    # inputs left out because they could not be read or decoded (their findings cannot exist; the SR lists them)
+    instances_excluded: tuple[ExcludedInstance, ...] = ()
 
 
 class Pipeline(Protocol):

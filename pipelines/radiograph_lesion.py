@@ -1,6 +1,7 @@
 """The ``radiograph-lesion`` pipeline: detect lesions on each CR/DX frame, then classify each with labs and notes.
 
 Pure: reads the study's files and the clinical context it is handed, returns a PipelineResult; writes nothing.
+An image that cannot be read or decoded is left out with its reason (``instances_excluded``); the rest is analysed.
 The detection threshold is the bundle's, fixed at training time on the validation split, never lowered here.
 """
 
@@ -20,7 +21,9 @@ from pipelines.base import (
     PipelineRequirements,
     PipelineResult,
     PixelBox,
+    ExcludedInstance,
     StudyInput,
+    excluded_because,
     missing_inputs,
     select_instances,
 )
@@ -85,8 +88,18 @@ class RadiographLesionPipeline:
 
         findings: list[Finding] = []
         analysed: list[str] = []
+        excluded: list[ExcludedInstance] = []
         for instance in select_instances(study.instances, self.requirements):
-            ds = dcmread(instance.path)
+            try:
+                ds = dcmread(instance.path)
+            except Exception as exc:  # pydicom raises many types for a file it cannot parse
+                excluded.append(excluded_because(instance.sop_instance_uid, "unreadable", exc))
+                continue
+            try:
+                ds.pixel_array  # decoded here, once: pydicom keeps the array for prepare_dataset
+            except Exception as exc:  # every decoder raises its own types
+                excluded.append(excluded_because(instance.sop_instance_uid, "undecodable", exc))
+                continue
             analysed.append(instance.sop_instance_uid)
             for frame in range(1, int(getattr(ds, "NumberOfFrames", 1) or 1) + 1):
                 prepared = imaging.prepare_dataset(ds, self.input_size, frame)
@@ -130,4 +143,5 @@ class RadiographLesionPipeline:
             inputs_missing=tuple(missing),
             fhir_status=context.fhir_status,
             device=self.device,
+            instances_excluded=tuple(excluded),
         )

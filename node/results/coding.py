@@ -56,6 +56,18 @@ FHIR_STATUS_CODES: dict[str, Code] = {
     "ok": Code("AIN020", PRIVATE_SCHEME, "EHR data retrieved"),
     "patient-not-found": Code("AIN021", PRIVATE_SCHEME, "Patient not found in EHR"),
     "unreachable": Code("AIN022", PRIVATE_SCHEME, "EHR unreachable"),
+    # the EHR answered, but not completely within budgets.fhir_seconds (e.g. a server trickling bytes)
+    "timeout": Code("AIN023", PRIVATE_SCHEME, "EHR query exceeded its time budget"),
+}
+
+# An input instance of the study the run did not analyse: CODE "Instance not analysed" = the reason, with the IMAGE
+# it is about (INFERRED FROM) and the decoder's words (TEXT). No standard concept says "this image was left out".
+NOT_ANALYSED = Code("AIN030", PRIVATE_SCHEME, "Instance not analysed")
+NOT_ANALYSED_DETAIL = Code("AIN031", PRIVATE_SCHEME, "Reason detail")
+# ExcludedInstance.reason values (pipelines/base.py) -> codes.
+EXCLUSION_REASON_CODES: dict[str, Code] = {
+    "undecodable": Code("AIN040", PRIVATE_SCHEME, "Pixel data cannot be decoded"),
+    "unreadable": Code("AIN041", PRIVATE_SCHEME, "Instance cannot be read"),
 }
 
 
@@ -97,3 +109,17 @@ def fhir_status_token(code: CodedConcept | Code) -> str:
         if c.value == code.value and c.scheme_designator == code.scheme_designator:
             return token
     raise ValueError(f"code {code.value}^{code.scheme_designator} is not an EHR status code")
+
+
+def exclusion_reason_code(reason: str) -> Code:
+    try:
+        return EXCLUSION_REASON_CODES[reason]
+    except KeyError:
+        raise ValueError(f"unknown exclusion reason {reason!r}: use one of {', '.join(EXCLUSION_REASON_CODES)}") from None
+
+
+def exclusion_reason_token(code: CodedConcept | Code) -> str:
+    for token, c in EXCLUSION_REASON_CODES.items():
+        if c.value == code.value and c.scheme_designator == code.scheme_designator:
+            return token
+    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an exclusion reason code")

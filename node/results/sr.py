@@ -18,7 +18,7 @@ from pydicom.sr.coding import Code
 
 from node.results import coding
 from node.results.uids import derived_uid, device_uid
-from pipelines.base import Finding, PipelineResult
+from pipelines.base import ExcludedInstance, Finding, PipelineResult
 
 SUMMARY_TRACKING_ID = "study summary"
 
@@ -57,6 +57,7 @@ class SrSummary:
     inputs_missing: tuple[str, ...]
     fhir_status: str
     predecessors: tuple[str, ...] = ()  # SOP Instance UIDs of the SRs this one amends
+    instances_excluded: tuple[ExcludedInstance, ...] = ()  # inputs not analysed, with the reason
 
     @property
     def amended(self) -> bool:
@@ -89,8 +90,9 @@ def build_sr(
 ) -> hd.sr.Comprehensive3DSR:
     """One SR for one pipeline run on one study: a group per finding plus a study-level summary group.
 
-    ``sources`` are the analysed images (pixel data not needed); patient and study come from them, so the SR
-    lands in the original study. Every finding and every ``images_analysed`` UID must be among them.
+    ``sources`` are the analysed images (pixel data not needed), then the excluded ones; patient and study come
+    from the first, so the SR lands in the original study. Every finding, every ``images_analysed`` and every
+    ``instances_excluded`` UID must be among them.
     ``previous_versions``: the SR(s) this one amends (a re-run on changed inputs); they go into the Predecessor
     Documents Sequence and the series description says "amended".
     """
@@ -98,6 +100,7 @@ def build_sr(
         raise ValueError("build_sr needs the source images (patient/study module and references come from them)")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     referenced = [f.sop_instance_uid for f in result.findings] + list(result.images_analysed)
+    referenced += [e.sop_instance_uid for e in result.instances_excluded]
     unknown = sorted({u for u in referenced if u not in by_uid})
     if unknown:
         raise ValueError(f"result references instances not among the sources: {unknown}")
@@ -230,12 +233,40 @@ def _summary_group(
             ),
             hd.sr.QualitativeEvaluation(name=coding.EHR_STATUS, value=coding.fhir_status_code(result.fhir_status)),
             *_input_evaluations(coding.INPUT_UNAVAILABLE, result.inputs_missing),
+            *(_not_analysed(e, by_uid[e.sop_instance_uid]) for e in result.instances_excluded),
         ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup.from_source_image(by_uid[u]) for u in result.images_analysed
         ]
         or None,
     )
+
+
+def _not_analysed(excluded: ExcludedInstance, source: Dataset) -> hd.sr.QualitativeEvaluation:
+    """"Instance not analysed" = reason, INFERRED FROM the image it is about, with the decoder's words as a property.
+
+    A source image of the group would say the image was analysed; the IMAGE item under the evaluation says which
+    one the statement is about, so a reader sees both the fact and the instance.
+    """
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=coding.NOT_ANALYSED, value=coding.exclusion_reason_code(excluded.reason)
+    )
+    about: list[hd.sr.ContentItem] = [
+        hd.sr.ImageContentItem(
+            name=coding.IMAGE,
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=excluded.sop_instance_uid,
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        )
+    ]
+    if excluded.detail:
+        about.append(hd.sr.TextContentItem(
+            name=coding.NOT_ANALYSED_DETAIL, value=excluded.detail,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+        ))
+    # highdicom's QualitativeEvaluation takes no children; its one CODE item is a ContentItem like any other.
+    evaluation[0].ContentSequence = hd.sr.ContentSequence(about)
+    return evaluation
 
 
 # --- reading back ---------------------------------------------------------------------------------------------
@@ -321,6 +352,23 @@ def _read_finding(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -
     )
 
 
+def _read_not_analysed(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> tuple[ExcludedInstance, ...]:
+    out: list[ExcludedInstance] = []
+    # find_content_items, not get_qualitative_evaluations: the latter rebuilds each item without its children.
+    for item in hd.sr.utils.find_content_items(group[0], name=coding.NOT_ANALYSED):
+        children = list(item.get("ContentSequence", []))
+        images = [c for c in children if c.ValueType == "IMAGE"]
+        texts = [c for c in children if c.ValueType == "TEXT"]
+        if len(images) != 1:
+            raise ValueError(f"'{coding.NOT_ANALYSED.meaning}' item names {len(images)} images, expected 1")
+        out.append(ExcludedInstance(
+            sop_instance_uid=str(images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+            reason=coding.exclusion_reason_token(item.value),
+            detail=str(texts[0].TextValue) if texts else "",
+        ))
+    return tuple(out)
+
+
 def read_findings(sr: Dataset) -> SrSummary:
     """Read one of our SRs (e.g. from ``highdicom.sr.srread`` or ``pydicom.dcmread``) back into plain values."""
     doc = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=True)
@@ -352,4 +400,5 @@ def read_findings(sr: Dataset) -> SrSummary:
             for series in study.get("ReferencedSeriesSequence", [])
             for instance in series.get("ReferencedSOPSequence", [])
         ),
+        instances_excluded=_read_not_analysed(summary),
     )

@@ -116,3 +116,36 @@ class FakePipeline:
             images_analysed=tuple(r.sop_instance_uid for r in study.instances), detection_threshold=0.5,
             inputs_missing=missing, fhir_status=context.fhir_status, device="cpu",
         )
+
+
+def j2k_cr(study: str, n: int, damage: str | None = None, patient_id: str = "SYN-0001") -> Dataset:
+    """RG3_J2KR.dcm from pydicom-data (a real 1760x1760 CR, JPEG 2000 lossless) as instance ``n`` of a synthetic
+    study, whole or damaged:
+
+    - "garbled": the first tile-part's length field overwritten; items, frame, SIZ and EOC intact, so a structural
+      check passes and only a decode finds it (what a flipped bit in transit or on a failing disk does);
+    - "truncated": the codestream cut after its first four fragments, so it has no EOC (a transfer cut short).
+    """
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    path = get_testdata_file("RG3_J2KR.dcm")
+    assert path is not None, "pydicom-data (a test dependency: deploy/setup.sh installs it) lacks RG3_J2KR.dcm"
+    ds = dcmread(path)
+    like = cr_dataset(study, n, patient_id=patient_id)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName",
+                    "PatientBirthDate", "PatientSex", "PatientAge", "StudyDate", "StudyTime", "AccessionNumber",
+                    "StudyID", "SeriesNumber", "InstanceNumber", "Modality", "BodyPartExamined", "SeriesDescription"):
+        setattr(ds, keyword, like.get(keyword))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if damage == "garbled":
+        data = bytearray(ds.PixelData)
+        sot = data.index(b"\xff\x90", data.index(b"\xff\x4f\xff\x51"))
+        data[sot + 6: sot + 10] = (10**8).to_bytes(4, "big")  # Psot: a tile-part far longer than the codestream
+        ds.PixelData = bytes(data)
+    elif damage == "truncated":
+        fragments = [f for f in generate_fragments(ds.PixelData) if len(f)]  # skips the empty offset table
+        ds.PixelData = encapsulate(fragments[:4], has_bot=False)  # one frame in four fragments
+    elif damage is not None:
+        raise ValueError(f"unknown damage {damage!r}")
+    return ds

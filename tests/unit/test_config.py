@@ -47,6 +47,24 @@ def test_defaults_route_radiographs(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, "[node]\nport = 11112\n"))
     assert s.pacs is None and s.fhir is None
     assert s.assembly.quiet_seconds == 10.0
+    assert (s.budgets.fhir_seconds, s.budgets.pipeline_seconds, s.budgets.delivery_seconds) == (30.0, 600.0, 120.0)
+    assert (s.ingest.check_pixels, s.ingest.min_free_mb, s.ingest.min_free_percent) == ("header", 1024.0, 0.0)
+
+
+def test_budgets_and_resources_load(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, """
+[budgets]
+fhir_seconds = 4
+pipeline_seconds = 90.5
+delivery_seconds = 30
+stall_seconds = 60
+[ingest]
+check_pixels = "decode"
+min_free_mb = 0
+min_free_percent = 5
+"""))
+    assert (s.budgets.fhir_seconds, s.budgets.pipeline_seconds, s.budgets.stall_seconds) == (4.0, 90.5, 60.0)
+    assert (s.ingest.check_pixels, s.ingest.min_free_mb, s.ingest.min_free_percent) == ("decode", 0.0, 5.0)
     assert [r.pipeline for r in s.routes] == ["radiograph-lesion"]
 
 
@@ -60,6 +78,11 @@ def test_defaults_route_radiographs(tmp_path: Path) -> None:
         ("[node]\nprot = 1\n", "prot"),
         ("[[route]]\npipeline = \"x\"\nModality = \"(\"\n", "route[0].Modality"),
         ("[assembly]\nquiet_seconds = \"soon\"\n", "assembly.quiet_seconds"),
+        ("[budgets]\nfhir_seconds = 0\n", "budgets.fhir_seconds"),
+        ("[budgets]\npipline_seconds = 5\n", "pipline_seconds"),
+        ("[ingest]\ncheck_pixels = \"full\"\n", "ingest.check_pixels"),
+        ("[ingest]\nmin_free_percent = 100\n", "ingest.min_free_percent"),
+        ("[ingest]\nmin_free_mb = -1\n", "ingest.min_free_mb"),
         ("[node\n", "not valid TOML"),
         ("[ingest]\nown_results = \"keep\"\n", "ingest.own_results"),
         ("[ingest]\nresent_conflict = \"newest\"\n", "ingest.resent_conflict"),

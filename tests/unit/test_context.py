@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import itertools
-from typing import Any, Callable
+import json
+import time
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -243,6 +245,47 @@ def test_notes_fall_back_when_the_server_rejects_the_date_parameter() -> None:
     context = fetch_context(SETTINGS, "MRN-1", "20240315", REQUIREMENTS, client=failing(handle))
     assert context.fhir_status == "ok"
     assert context.notes == (NOTE,)
+
+
+class Trickle:
+    """A body that arrives one byte every ``interval`` seconds (a proxy or EHR answering at a crawl)."""
+
+    def __init__(self, body: bytes, interval: float) -> None:
+        self.body, self.interval, self.sent = body, interval, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(len(self.body)):
+            time.sleep(self.interval)
+            self.sent += 1
+            yield self.body[i:i + 1]
+
+
+def test_a_trickling_server_is_cut_off_by_the_budget_not_the_read_timeout() -> None:
+    trickle = Trickle(json.dumps(searchset(patient())).encode(), interval=0.1)  # each read well inside 1 s
+    client = failing(lambda request: httpx.Response(200, content=trickle))
+    started = time.monotonic()
+    context = fetch_context(SETTINGS, "MRN-1", "20240315", REQUIREMENTS, client=client, budget_seconds=0.8)
+    took = time.monotonic() - started
+    assert context.fhir_status == "timeout" and "0.8 s" in context.detail
+    assert 0.8 <= took < 1.1, took
+    time.sleep(0.3)
+    sent = trickle.sent
+    time.sleep(0.5)
+    assert trickle.sent == sent < len(trickle.body), "the abandoned fetch must stop reading"
+
+
+def test_a_fetch_within_its_budget_is_unchanged() -> None:
+    client = fake_ehr([patient()], [observation("6768-6", 120, "U/L", "2024-03-01")], [document(NOTE)])
+    context = fetch_context(SETTINGS, "MRN-1", "20240315", REQUIREMENTS, client=client, budget_seconds=10)
+    assert context.fhir_status == "ok" and set(context.labs) == {"6768-6"} and context.notes == (NOTE,)
+
+
+def test_a_bug_in_the_fetch_is_raised_not_reported_as_a_timeout() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        fetch_context(SETTINGS, "MRN-1", "20240315", REQUIREMENTS, client=failing(broken), budget_seconds=5)
 
 
 def test_no_settings_is_unreachable() -> None:

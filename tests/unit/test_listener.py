@@ -1,15 +1,19 @@
 """Listener over real associations (pynetdicom SCU -> our SCP): durable store then success, idempotent
-repeats, 0xC000 for garbage or truncated data with the node still serving, 0xA700 when persisting fails.
+repeats, 0xC000 for garbage or truncated data with the node still serving, 0xA700 when persisting fails (and then
+no file is left behind) or when free space is below the watermark; the pixel check policy decides what is refused.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -17,10 +21,11 @@ from node.config import IngestSettings, RouteRule
 from node.listener import ListenerDeps, Spool, start_listener
 from node.store import Store
 
-from node_fakes import cr_dataset, settings, write_cr
+from node_fakes import cr_dataset, j2k_cr, settings, write_cr
 
 
-def listening(tmp_path: Path, **ingest: str) -> Iterator[tuple[int, Path]]:
+@contextmanager
+def listening(tmp_path: Path, **ingest: Any) -> Iterator[tuple[int, Path]]:
     s = settings(tmp_path)
     data = s.node.data_dir
     deps = ListenerDeps(Spool(data / "spool"), lambda: Store(data / "node.db"),
@@ -34,17 +39,24 @@ def listening(tmp_path: Path, **ingest: str) -> Iterator[tuple[int, Path]]:
 
 @pytest.fixture()
 def node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    yield from listening(tmp_path)
+    with listening(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture()
 def replacing_node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    yield from listening(tmp_path / "replacing", resent_conflict="replace", own_results="store")
+    with listening(tmp_path / "replacing", resent_conflict="replace", own_results="store") as running:
+        yield running
 
 
-def send(port: int, what: object, raw: bool = False) -> int:
+def spool_files(data: Path) -> list[str]:
+    """Every file under the spool, temp files (dot-names) included."""
+    return sorted(str(p.relative_to(data)) for p in (data / "spool").rglob("*") if p.is_file())
+
+
+def send(port: int, what: object, raw: bool = False, syntax: str = ExplicitVRLittleEndian) -> int:
     ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(ComputedRadiographyImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(ComputedRadiographyImageStorage, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
     assert assoc.is_established
     # Chunked sending puts the file's bytes on the wire as they are, which is how garbage reaches the node.
@@ -154,3 +166,54 @@ def test_own_results_are_ignored_or_stored_apart(node: tuple[int, Path], replaci
         store = Store(data / "node.db")
         assert store.study(str(ours.StudyInstanceUID)) is None, "an own result opened a study"
         assert len(store.study_instances(str(ours.StudyInstanceUID), role="own-result")) == kept
+
+
+@pytest.mark.parametrize(("policy", "truncated", "garbled"), [
+    ("off", 0x0000, 0x0000), ("header", 0xC000, 0x0000), ("decode", 0xC000, 0xC000),
+])
+def test_pixel_check_policy(tmp_path: Path, policy: str, truncated: int, garbled: int) -> None:
+    with listening(tmp_path, check_pixels=policy) as (port, data):
+        assert send(port, j2k_cr("pol", 1), syntax=JPEG2000Lossless) == 0x0000
+        assert send(port, j2k_cr("pol", 2, "truncated"), syntax=JPEG2000Lossless) == truncated
+        assert send(port, j2k_cr("pol", 3, "garbled"), syntax=JPEG2000Lossless) == garbled
+        stored = Store(data / "node.db").study_instances(str(j2k_cr("pol", 1).StudyInstanceUID))
+        assert len(stored) == 1 + (truncated == 0) + (garbled == 0)
+        assert len(spool_files(data)) == len(stored)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with listening(tmp_path) as (port, data):
+        monkeypatch.setattr("node.listener.os.fsync", disk_full)
+        assert send(port, cr_dataset("full", 1)) == 0xA700
+        assert spool_files(data) == [], "the temp file must go at once, not at the next restart"
+        monkeypatch.setattr("node.listener.os.fsync", real_fsync)
+        assert send(port, cr_dataset("full", 1)) == 0x0000  # space is back: the re-send is stored
+        assert len(spool_files(data)) == 1
+
+
+def test_an_index_failure_removes_the_written_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(self: Store, *args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with listening(tmp_path) as (port, data):
+        with monkeypatch.context() as patch:
+            patch.setattr(Store, "index_instance", full)
+            assert send(port, cr_dataset("dbfull", 1)) == 0xA700
+        assert spool_files(data) == []
+        assert send(port, cr_dataset("dbfull", 1)) == 0x0000
+        assert len(spool_files(data)) == 1
+
+
+def test_below_the_watermark_stores_are_refused_before_writing(tmp_path: Path) -> None:
+    free_percent = os.statvfs(tmp_path).f_bavail / os.statvfs(tmp_path).f_blocks * 100
+    with listening(tmp_path, min_free_percent=min(99.9, free_percent + 0.5)) as (port, data):
+        assert send(port, cr_dataset("low", 1)) == 0xA700
+        assert spool_files(data) == []
+        assert echo(port) == 0x0000
+    with listening(tmp_path / "again", min_free_mb=0.0) as (port, data):
+        assert send(port, cr_dataset("low", 1)) == 0x0000

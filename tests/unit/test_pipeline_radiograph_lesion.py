@@ -116,6 +116,21 @@ def test_real_cr_runs(pipeline: Pipeline) -> None:
         assert 0 <= f.box.x0 <= f.box.x1 <= 1759 and 0 <= f.box.y0 <= f.box.y1 <= 1759
 
 
+def test_an_undecodable_image_is_left_out_and_the_rest_analysed(pipeline: Pipeline, demo: DemoCase,
+                                                               tmp_path: Path) -> None:
+    from node_fakes import j2k_cr
+
+    garbled = j2k_cr("demo-damaged", 1, "garbled")
+    path = tmp_path / "garbled.dcm"
+    garbled.save_as(path, enforce_file_format=True)
+    result = pipeline.run(_study([*demo.files, path]), ClinicalContext.unavailable("unreachable"))
+    assert len(result.images_analysed) == 2 and str(garbled.SOPInstanceUID) not in result.images_analysed
+    (excluded,) = result.instances_excluded
+    assert (excluded.sop_instance_uid, excluded.reason) == (str(garbled.SOPInstanceUID), "undecodable")
+    assert "J2K" in excluded.detail
+    assert all(f.sop_instance_uid != excluded.sop_instance_uid for f in result.findings)
+
+
 def test_tiny_training_run_writes_loadable_bundle(tmp_path: Path) -> None:
     from pipelines.radiograph_lesion import RadiographLesionPipeline
     from pipelines.train import train_radiograph_lesion

@@ -26,7 +26,7 @@ from test_results_common import (
 from node.results import coding
 from node.results.sr import build_sr, read_findings
 from node.results.uids import device_uid, input_digest, result_uid
-from pipelines.base import PipelineResult, PixelBox
+from pipelines.base import ExcludedInstance, PipelineResult, PixelBox
 
 
 @pytest.fixture
@@ -155,6 +155,34 @@ def test_no_findings_sr_says_nothing_found_and_what_was_missing(tmp_path: Path, 
     assert {s.referenced_sop_instance_uid for s in group.source_images} == {s.SOPInstanceUID for s in sources}
 
 
+def test_excluded_instances_are_named_with_their_reason(tmp_path: Path, sources: list[Dataset]) -> None:
+    a, b = sources
+    bad = synthetic_cr(f"{STUDY_UID}.1.3", instance_number=3)
+    excluded = (
+        ExcludedInstance(str(bad.SOPInstanceUID), "undecodable",
+                         "RuntimeError: pylibjpeg: Error decoding the J2K data: failed to decode image"),
+        ExcludedInstance(str(b.SOPInstanceUID), "unreadable", ""),
+    )
+    r = PipelineResult(**{**result([a], (finding(a, 1, PixelBox(10, 20, 30, 40)),)).__dict__,
+                          "instances_excluded": excluded})
+    path = tmp_path / "sr-excluded.dcm"
+    _write(r, [a, b, bad], path)
+    _assert_valid(path)
+    summary = read_findings(dcmread(path))
+    assert summary.images_analysed == (str(a.SOPInstanceUID),)
+    assert summary.instances_excluded == excluded
+    assert len(summary.findings) == 1 and summary.nothing_found is False
+    # the excluded images are evidence of the SR (referenced), not source images of the summary group
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (group,) = report.get_image_measurement_groups()
+    assert {s.referenced_sop_instance_uid for s in group.source_images} == {a.SOPInstanceUID}
+    # an SR without exclusions reads back none
+    plain = tmp_path / "sr-plain.dcm"
+    _write(result(sources, ()), sources, plain)
+    assert read_findings(dcmread(plain)).instances_excluded == ()
+
+
 def test_sr_on_real_monochrome1_radiograph(tmp_path: Path) -> None:
     cr = real_cr()
     f = finding(cr, 1, PixelBox(790.0, 1035.0, 925.0, 1230.0))
@@ -211,3 +239,9 @@ def test_rejects_what_it_cannot_state_truthfully(sources: list[Dataset]) -> None
         build(result(sources, (finding(a, 1, PixelBox(1, 1, 5, 5)),)), sources[1:])
     with pytest.raises(ValueError, match="fhir_status"):
         build(result(sources, (), fhir_status="maybe"), sources)
+    unknown_reason = (ExcludedInstance(str(sources[1].SOPInstanceUID), "cursed"),)
+    with pytest.raises(ValueError, match="exclusion reason"):
+        build(PipelineResult(**{**result(sources[:1], ()).__dict__, "instances_excluded": unknown_reason}), sources)
+    not_a_source = (ExcludedInstance("1.2.3.999", "undecodable"),)
+    with pytest.raises(ValueError, match="not among the sources"):
+        build(PipelineResult(**{**result(sources, ()).__dict__, "instances_excluded": not_a_source}), sources)

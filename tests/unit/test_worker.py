@@ -1,36 +1,43 @@
 """Worker: a claimed job becomes an SR + SCs on disk and outbox items, with timings; a replay after a crash
-yields byte-identical UIDs (so the PACS keeps one copy); a failing pipeline is retried, then failed.
+yields byte-identical UIDs (so the PACS keeps one copy); a failing pipeline is retried, then failed; a pipeline past
+its budget fails with "deadline exceeded" and the worker takes the next job; an EHR past its budget gives image-only
+results coded "timeout"; an undecodable input is left out with its reason and the rest is analysed.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from node.config import RouteRule
 from node.results.sr import read_findings
 from node.store import IndexedInstance, JobPlan, Store
 from node.worker import MAX_ATTEMPTS, Worker
-from pipelines.base import ClinicalContext, PipelineResult, StudyInput
+from pipelines.base import ClinicalContext, ExcludedInstance, PipelineResult, StudyInput
 
-from node_fakes import FakePipeline, cr_dataset, settings, write_cr
+from node_fakes import FakePipeline, cr_dataset, j2k_cr, settings, write_cr
+from test_results_common import dciodvfy, errors
 
 
-def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True) -> tuple[Store, object, str]:
+def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True, more: tuple[Dataset, ...] = (),
+             study: str = "study-w", **sections: dict[str, Any]) -> tuple[Store, Any, str]:
     extra = {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}} if with_pacs else {}
-    s = settings(tmp_path, **extra)
+    s = settings(tmp_path, **extra, **sections)
     s = s.__class__(**{**s.__dict__, "routes": (RouteRule("fake-bright", {"Modality": "^CR$"}),)})
     store = Store(s.node.data_dir / "node.db")
     study_uid = ""
     sops = []
-    for n in range(1, n_images + 1):
-        ds = cr_dataset("study-w", n)
+    for n, ds in enumerate([cr_dataset(study, k) for k in range(1, n_images + 1)] + list(more), start=1):
         sops.append(str(ds.SOPInstanceUID))
         study_uid = str(ds.StudyInstanceUID)
-        path = write_cr(tmp_path / f"{n}.dcm", ds)
+        path = write_cr(tmp_path / f"{study}-{n}.dcm", ds)
         store.index_instance(IndexedInstance(
             sop_instance_uid=str(ds.SOPInstanceUID), study_uid=study_uid, series_uid=str(ds.SeriesInstanceUID),
             sop_class_uid=str(ds.SOPClassUID), modality="CR", body_part="FEMUR", series_description="FEMUR AP",
@@ -177,3 +184,146 @@ def test_research_export_is_deidentified_consistently_and_audited(tmp_path: Path
     assert store.audit_records(kind="research-export")[0]["outcome"] == "de-identified"
     with pytest.raises(FileExistsError):
         export_study(store, study_uid, out)
+
+
+class Decoding(FakePipeline):
+    """Decodes every image it reads, as a real model must (FakePipeline reads headers only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        self.calls += 1
+        for ref in study.instances:
+            dcmread(ref.path).pixel_array
+        return super().run(study, context)
+
+
+def sr_of(store: Store, study_uid: str) -> Path:
+    job = store.jobs(study_uid)[0]
+    return Path([r["path"] for r in store.results_of_run(job["current_run_id"]) if r["kind"] == "sr"][0])
+
+
+def test_an_undecodable_instance_is_left_out_and_the_rest_analysed(tmp_path: Path) -> None:
+    bad = j2k_cr("study-w", 9, "garbled")
+    store, s, study_uid = received(tmp_path, n_images=2, more=(j2k_cr("study-w", 8), bad))
+    pipeline = Decoding()
+    Worker(store, s, lambda name: pipeline, owner="w").run_once()  # type: ignore[arg-type]
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "sending" and job["n_findings"] == 3 and pipeline.calls == 2
+    path = sr_of(store, study_uid)
+    summary = read_findings(dcmread(path))
+    assert len(summary.images_analysed) == 3 and str(bad.SOPInstanceUID) not in summary.images_analysed
+    (excluded,) = summary.instances_excluded
+    assert (excluded.sop_instance_uid, excluded.reason) == (str(bad.SOPInstanceUID), "undecodable")
+    assert "J2K" in excluded.detail
+    assert errors(dciodvfy(path)) == []
+    run = store.run(job["current_run_id"])
+    assert run is not None and f"not analysed: 1 instance(s): {bad.SOPInstanceUID} undecodable" in run["detail"]
+    assert len(store.outbox_items()) == 4  # the SR and an overlay per analysed image
+
+
+def test_an_unreadable_instance_is_named_by_its_indexed_uids(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path, n_images=2)
+    gone = store.study_instances(study_uid)[1]
+    Path(gone["path"]).unlink()
+    Worker(store, s, lambda name: Decoding(), owner="w").run_once()  # type: ignore[arg-type]
+    path = sr_of(store, study_uid)
+    (excluded,) = read_findings(dcmread(path)).instances_excluded
+    assert (excluded.sop_instance_uid, excluded.reason) == (gone["sop_instance_uid"], "unreadable")
+    assert errors(dciodvfy(path)) == []
+
+
+def test_reasons_a_pipeline_reports_itself_reach_the_sr(tmp_path: Path) -> None:
+    class Reporting(FakePipeline):
+        def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+            first, rest = study.instances[0], study.instances[1:]
+            r = super().run(StudyInput(study.study_instance_uid, rest), context)
+            why = ExcludedInstance(first.sop_instance_uid, "undecodable", "ValueError: bad frame")
+            return PipelineResult(**{**r.__dict__, "instances_excluded": (why,)})
+
+    store, s, study_uid = received(tmp_path, n_images=2)
+    Worker(store, s, lambda name: Reporting(), owner="w").run_once()  # type: ignore[arg-type]
+    summary = read_findings(dcmread(sr_of(store, study_uid)))
+    assert [e.detail for e in summary.instances_excluded] == ["ValueError: bad frame"]
+    assert len(summary.images_analysed) == 1
+
+
+def test_nothing_decodable_fails_at_once_without_retry(tmp_path: Path) -> None:
+    store, s, study_uid = received(tmp_path, n_images=0, more=(j2k_cr("study-w", 1, "garbled"),))
+    worker = Worker(store, s, lambda name: Decoding(), owner="w")  # type: ignore[arg-type]
+    assert worker.run_once()
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert job["error"] == "no input could be analysed: 1 instance(s) left out (undecodable)"
+    assert not worker.run_once()
+
+
+class Hanging(FakePipeline):
+    """Blocks until released: a model stuck in a driver call, say."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
+        self.release.wait(30)
+        return super().run(study, context)
+
+
+def test_a_pipeline_past_its_budget_fails_the_run_and_the_next_job_runs(tmp_path: Path) -> None:
+    store, s, first = received(tmp_path, n_images=1, study="slow", budgets={"pipeline_seconds": 0.5})
+    second = received(tmp_path, n_images=1, study="next")[2]
+    hanging, quick = Hanging(), FakePipeline()
+    pipelines = iter([hanging, quick])
+    worker = Worker(store, s, lambda name: next(pipelines), owner="w")  # type: ignore[arg-type]
+    started = time.monotonic()
+    assert worker.run_once()
+    took = time.monotonic() - started
+    job = store.jobs(first)[0]
+    assert job["state"] == "failed" and job["attempts"] == 1, job
+    assert job["error"].startswith("deadline exceeded: pipeline fake-bright ran longer than the budget of 0.5 s")
+    assert store.runs(job["job_id"])[0]["state"] == "failed"
+    assert 0.5 <= took < 1.5, took
+    assert worker.abandoned_runs() and worker.abandoned_runs()[0].startswith("pipeline fake-bright")
+    assert worker.run_once()  # the queue moves on while the abandoned run still hangs
+    assert store.jobs(second)[0]["state"] == "sending"
+    hanging.release.set()
+    deadline = time.monotonic() + 5
+    while worker.abandoned_runs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.abandoned_runs() == []
+    assert store.jobs(first)[0]["state"] == "failed", "a late finish of an abandoned run changes nothing"
+
+
+def test_an_ehr_past_its_budget_gives_image_only_results_coded_timeout(tmp_path: Path) -> None:
+    def trickle(request: httpx.Request) -> httpx.Response:
+        def body() -> Any:
+            for byte in b'{"resourceType": "Bundle", "type": "searchset"}':
+                time.sleep(0.2)
+                yield bytes([byte])
+        return httpx.Response(200, content=body())
+
+    fhir = {"base_url": "http://ehr.test/fhir/R4", "timeout_seconds": 1.0}
+    store, s, study_uid = received(tmp_path, n_images=1, fhir=fhir, budgets={"fhir_seconds": 0.6})
+    client = httpx.Client(transport=httpx.MockTransport(trickle))
+    started = time.monotonic()
+    Worker(store, s, lambda name: FakePipeline(), owner="w", fhir_client=client).run_once()  # type: ignore[arg-type]
+    assert time.monotonic() - started < 3
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "sending" and job["fhir_status"] == "timeout"
+    summary = read_findings(dcmread(sr_of(store, study_uid)))
+    assert summary.fhir_status == "timeout" and {"labs", "notes"} <= set(summary.inputs_missing)
+
+
+def test_a_result_write_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.worker import _write_dataset
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("node.worker.os.fsync", disk_full)
+    with pytest.raises(OSError):
+        _write_dataset(cr_dataset("w", 1), tmp_path / "out" / "sr.dcm")
+    assert list((tmp_path / "out").iterdir()) == []
