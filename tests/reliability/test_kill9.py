@@ -52,6 +52,7 @@ def sender(port: int, files: list[Path], acknowledged: set[str], stop: threading
             assoc.release()
 
 
+@pytest.mark.timeout(max(600, ROUNDS * 30))  # a round is a node start (model load), a send and a kill
 def test_random_kill_9_loses_nothing_duplicates_nothing_and_leaves_nothing_stuck(tmp_path: Path) -> None:
     rng = random.Random(9)
     cases = [write_demo_study(tmp_path / f"case{seed}", seed=seed) for seed in range(20, 26)]

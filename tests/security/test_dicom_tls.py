@@ -17,11 +17,10 @@ from typing import Iterator
 import pytest
 
 from node.localpeers.orthanc import free_port
-from node.store import Store
 from node_fakes import cr_dataset, write_cr
 from peers import TOOL_ENV, NodeProcess
 from pki import KeyPair, Pki, make_pki
-from secured import node_with
+from secured import node_with, stored
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +54,6 @@ def dcmtk(tool: str, port: int, pki: Pki, client: KeyPair | None | str, *files: 
     done = subprocess.run([tool, "-d", *tls, "-aet", "MODALITY", "-aec", "AINODE", "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, env=TOOL_ENV, timeout=60)
     return done.returncode, done.stdout + done.stderr
-
-
-def stored(node: NodeProcess, study_uid: str) -> int:
-    store = Store(node.workdir / "data" / "node.db")
-    try:
-        return len(store.study_instances(study_uid))
-    finally:
-        store.close()
 
 
 def test_required_tls_refuses_plain_and_untrusted_and_serves_trusted(node: NodeProcess, pki: Pki,

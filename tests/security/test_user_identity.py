@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from node.store import Store
 from node_fakes import cr_dataset, write_cr
 from peers import TOOL_ENV, NodeProcess
-from secured import node_with, secret_file
+from secured import node_with, secret_file, stored
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +21,6 @@ def store_as(node: NodeProcess, path: Path, *identity: str) -> tuple[int, str]:
     done = subprocess.run(["storescu", *identity, "-aet", "MODALITY", "-aec", "AINODE", "127.0.0.1",
                            str(node.port), str(path)], capture_output=True, text=True, env=TOOL_ENV, timeout=60)
     return done.returncode, done.stdout + done.stderr
-
-
-def stored(node: NodeProcess, study_uid: str) -> int:
-    store = Store(node.workdir / "data" / "node.db")
-    try:
-        return len(store.study_instances(study_uid))
-    finally:
-        store.close()
 
 
 def identity_node(tmp_path: Path, required: bool) -> NodeProcess:

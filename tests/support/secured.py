@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.localpeers.orthanc import Orthanc
+from node.store import Store
 from peers import NodeProcess
 
 
@@ -27,3 +28,12 @@ def secret_file(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o600)
     return path
+
+
+def stored(node: NodeProcess, study_uid: str) -> int:
+    """How many instances of the study the node indexed (0: nothing got in)."""
+    store = Store(node.workdir / "data" / "node.db")
+    try:
+        return len(store.study_instances(study_uid))
+    finally:
+        store.close()
