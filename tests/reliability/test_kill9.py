@@ -55,16 +55,19 @@ def sender(port: int, files: list[Path], acknowledged: set[str], stop: threading
 @pytest.mark.timeout(max(600, ROUNDS * 30))  # a round is a node start (model load), a send and a kill
 def test_random_kill_9_loses_nothing_duplicates_nothing_and_leaves_nothing_stuck(tmp_path: Path) -> None:
     rng = random.Random(9)
-    cases = [write_demo_study(tmp_path / f"case{seed}", seed=seed) for seed in range(20, 26)]
-    pool = [f for case in cases for f in case.files]
+    pool: list[Path] = []  # every instance offered so far
     acknowledged: set[str] = set()
     with Orthanc(workdir=tmp_path / "orthanc") as pacs:
         node = NodeProcess(tmp_path / "node", pacs, None, quiet_seconds=1.0)
         started = time.monotonic()
         try:
-            for _ in range(ROUNDS):
+            for n in range(ROUNDS):
                 node.start()
-                batch = rng.sample(pool, k=rng.randint(2, 6))  # new instances and re-sends, in random order
+                # a new study each round (two images), plus re-sends of earlier ones, in random order
+                new = write_demo_study(tmp_path / f"case{n}", seed=1000 + n).files
+                batch = new + rng.sample(pool, k=min(len(pool), rng.randint(0, 3)))
+                rng.shuffle(batch)
+                pool.extend(new)
                 stop = threading.Event()
                 thread = threading.Thread(target=sender, args=(node.port, batch, acknowledged, stop))
                 thread.start()
@@ -80,7 +83,8 @@ def test_random_kill_9_loses_nothing_duplicates_nothing_and_leaves_nothing_stuck
             node.start()
             studies = {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID)
                        for p in pool if str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) in acknowledged}
-            wait_for(lambda: all(node.study_status(s) == "sent" for s in studies), 180, "every study to be sent")
+            wait_for(lambda: all(node.study_status(s) == "sent" for s in studies), 180 + 5 * len(studies),
+                     "every study to be sent")
             store = Store(node.workdir / "data" / "node.db")
             unfinished = [j for j in store.jobs() if j["state"] not in ("sent",)]
             running_runs = store.db.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0]
