@@ -97,29 +97,32 @@ def input_token(code: CodedConcept | Code) -> str:
     raise ValueError(f"code {code.value}^{code.scheme_designator} is not an input code")
 
 
-def fhir_status_code(status: str) -> Code:
+def _code_for(table: dict[str, Code], token: str, what: str, hint: str = "") -> Code:
     try:
-        return FHIR_STATUS_CODES[status]
+        return table[token]
     except KeyError:
-        raise ValueError(f"unknown fhir_status {status!r}") from None
+        raise ValueError(f"unknown {what} {token!r}{hint}") from None
+
+
+def _token_for(table: dict[str, Code], code: CodedConcept | Code, what: str) -> str:
+    for token, c in table.items():
+        if c.value == code.value and c.scheme_designator == code.scheme_designator:
+            return token
+    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an {what} code")
+
+
+def fhir_status_code(status: str) -> Code:
+    return _code_for(FHIR_STATUS_CODES, status, "fhir_status")
 
 
 def fhir_status_token(code: CodedConcept | Code) -> str:
-    for token, c in FHIR_STATUS_CODES.items():
-        if c.value == code.value and c.scheme_designator == code.scheme_designator:
-            return token
-    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an EHR status code")
+    return _token_for(FHIR_STATUS_CODES, code, "EHR status")
 
 
 def exclusion_reason_code(reason: str) -> Code:
-    try:
-        return EXCLUSION_REASON_CODES[reason]
-    except KeyError:
-        raise ValueError(f"unknown exclusion reason {reason!r}: use one of {', '.join(EXCLUSION_REASON_CODES)}") from None
+    return _code_for(EXCLUSION_REASON_CODES, reason, "exclusion reason",
+                     f": use one of {', '.join(EXCLUSION_REASON_CODES)}")
 
 
 def exclusion_reason_token(code: CodedConcept | Code) -> str:
-    for token, c in EXCLUSION_REASON_CODES.items():
-        if c.value == code.value and c.scheme_designator == code.scheme_designator:
-            return token
-    raise ValueError(f"code {code.value}^{code.scheme_designator} is not an exclusion reason code")
+    return _token_for(EXCLUSION_REASON_CODES, code, "exclusion reason")
