@@ -134,17 +134,68 @@ def status(config: Path = ConfigOpt, as_json: bool = typer.Option(False, "--json
                 typer.echo(f"      run {r['run_id'].rsplit('#', 1)[-1]} {mark}: covers {len(r['covers'])} instance(s), "
                            f"SR {r['sr_sop_instance_uid'] or '-'}" + (f", amends {r['amends_sr']}" if r["amends_sr"] else ""))
     for item in dead:
-        typer.echo(f"DEAD {item['sop_instance_uid']}: {item['last_error']}")
+        typer.echo(f"DEAD {item['destination']} {item['sop_instance_uid']}: {item['last_error']}")
+    if dead:
+        typer.echo("re-queue with: dicom-ai-node outbox retry --config FILE [--destination NAME]")
 
 
-@app.command("retry-dead")
-def retry_dead(config: Path = ConfigOpt) -> None:
-    """Put dead-lettered deliveries back in the queue (after fixing the PACS side); the running node sends them."""
+outbox_app = typer.Typer(no_args_is_help=True, help="Result objects waiting for, sent to or dead at each destination.")
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("list")
+def outbox_list(
+    config: Path = ConfigOpt,
+    state: str = typer.Option("dead", help="pending, sent, dead, or all."),
+    destination: str | None = typer.Option(None, help="Only this destination (its name in the config)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Deliveries by state: each object's destination, attempts, next attempt and last error."""
+    import time
+
+    from node.store import Store
+
+    if state not in ("pending", "sent", "dead", "all"):
+        typer.echo(f"--state {state!r}: use pending, sent, dead or all", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    items = Store(settings.node.data_dir / "node.db").outbox_items(None if state == "all" else state, destination)
+    if as_json:
+        typer.echo(json.dumps(items, indent=1))
+        return
+    now = time.time()
+    for item in items:
+        due = "" if item["state"] != "pending" else f", next in {max(0.0, item['next_attempt_at'] - now):.0f} s"
+        typer.echo(f"{item['state']:7s} {item['item_id']}  "
+                   f"attempts={item['attempts']}{due}" + (f"  last error: {item['last_error']}"
+                                                         if item["last_error"] else ""))
+    typer.echo(f"{len(items)} item(s)")
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    item_ids: list[str] = typer.Argument(None, help="Item ids as 'outbox list' shows them (destination/SOP UID); "
+                                                    "none: every dead item."),
+    config: Path = ConfigOpt,
+    destination: str | None = typer.Option(None, help="Only this destination's dead items."),
+) -> None:
+    """Queue dead-lettered deliveries again (after fixing the destination); the running node sends them."""
     from node.store import Store
 
     settings = _settings(config)
-    n = Store(settings.node.data_dir / "node.db").retry_dead()
+    names = {d.name for d in settings.destinations}
+    if destination is not None and destination not in names:
+        typer.echo(f"--destination {destination!r} is not in this config: use one of {', '.join(sorted(names))}",
+                   err=True)
+        raise typer.Exit(2)
+    n = Store(settings.node.data_dir / "node.db").retry_dead(destination, tuple(item_ids or ()))
     typer.echo(f"{n} delivery(ies) queued again")
+
+
+@app.command("retry-dead", hidden=True)
+def retry_dead(config: Path = ConfigOpt) -> None:
+    """Same as 'outbox retry' with no arguments (kept for scripts written against earlier versions)."""
+    outbox_retry(item_ids=[], config=config, destination=None)
 
 
 @app.command()

@@ -93,6 +93,33 @@ class OutboxSettings:
     backoff_max_seconds: float = 300.0
 
 
+RESULT_KINDS = ("sr", "sc", "gsps", "ko")  # what the node writes: SR, SC overlays, presentation states, rejection notes
+DESTINATION_TYPES = ("dimse", "stow-rs")
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """Where result objects go: a DICOM C-STORE SCP (``dimse``) or a DICOMweb STOW-RS service (``stow-rs``).
+
+    Each destination has its own outbox queue, retries and dead letter; ``kinds`` says which objects it receives.
+    """
+
+    name: str
+    type: str
+    kinds: frozenset[str]
+    retry: OutboxSettings
+    ae_title: str = ""  # dimse
+    host: str = ""
+    port: int = 0
+    url: str = ""  # stow-rs: the DICOMweb base URL (the STOW-RS endpoint is <url>/studies)
+    token: str | None = field(default=None, repr=False)  # stow-rs: bearer token, read from token_file
+    token_file: Path | None = None
+
+    def describe(self) -> str:
+        """Where it is, without secrets: for logs, the audit trail and ``outbox list``."""
+        return f"{self.ae_title}@{self.host}:{self.port}" if self.type == "dimse" else self.url
+
+
 @dataclass(frozen=True)
 class RouteRule:
     """Send studies whose instances match every pattern (DICOM keyword -> regex) to ``pipeline``."""
@@ -168,6 +195,8 @@ class Settings:
     watchdog: WatchdogSettings = WatchdogSettings()
     security: SecuritySettings = SecuritySettings()
     budgets: BudgetSettings = BudgetSettings()
+    # where results go: [pacs] (unless its kinds = []) first, then every [[destination]]
+    destinations: tuple[DestinationSettings, ...] = ()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -219,7 +248,8 @@ def _known(table: dict[str, Any], section: str, keys: set[str]) -> None:
 def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Path | None = None) -> Settings:
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
     _known(raw, "top level",
-           {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets"})
+           {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets",
+            "destination"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -246,7 +276,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     pacs = None
     if "pacs" in raw:
         p = _table(raw, "pacs")
-        _known(p, "pacs", {"ae_title", "host", "port"})
+        _known(p, "pacs", {"ae_title", "host", "port", "kinds"})
         pacs = PacsSettings(
             ae_title=_ae(p, "pacs", None, required=True),
             host=_get(p, "pacs", "host", str, required=True),
@@ -353,8 +383,87 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
             parsed.append(RouteRule(pipeline, patterns))
         routes = tuple(parsed)
     security = _security(raw, node, base_dir)
+    destinations = _destinations(raw, pacs, outbox, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
-                    ingest=ingest, watchdog=watchdog, security=security, budgets=budgets)
+                    ingest=ingest, watchdog=watchdog, security=security, budgets=budgets, destinations=destinations)
+
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+def _kinds(table: dict[str, Any], section: str) -> frozenset[str]:
+    value = _get(table, section, "kinds", list, list(RESULT_KINDS))
+    unknown = [k for k in value if k not in RESULT_KINDS]
+    if unknown or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{section}.kinds = {value!r}: list some of {', '.join(map(repr, RESULT_KINDS))} "
+                          "(sr: the report, sc: overlays, gsps: presentation states, ko: rejection notes of amended "
+                          "results)")
+    return frozenset(value)
+
+
+def _retry(table: dict[str, Any], section: str, defaults: OutboxSettings) -> OutboxSettings:
+    retry = OutboxSettings(
+        max_attempts=_get(table, section, "max_attempts", int, defaults.max_attempts),
+        backoff_seconds=_get(table, section, "backoff_seconds", float, defaults.backoff_seconds),
+        backoff_max_seconds=_get(table, section, "backoff_max_seconds", float, defaults.backoff_max_seconds),
+    )
+    if retry.max_attempts < 1:
+        raise ConfigError(f"{section}.max_attempts must be >= 1 (attempts before an object is dead-lettered)")
+    if retry.backoff_seconds < 0 or retry.backoff_max_seconds < retry.backoff_seconds:
+        raise ConfigError(f"{section}: need 0 <= backoff_seconds <= backoff_max_seconds (seconds between attempts)")
+    return retry
+
+
+def _destinations(raw: dict[str, Any], pacs: PacsSettings | None, outbox: OutboxSettings,
+                  base_dir: Path | None) -> tuple[DestinationSettings, ...]:
+    """[pacs] is a C-STORE destination named "pacs" (unless its kinds = []); [[destination]] tables add more."""
+    out: list[DestinationSettings] = []
+    if pacs is not None:
+        kinds = _kinds(_table(raw, "pacs"), "pacs")
+        if kinds:
+            out.append(DestinationSettings(name="pacs", type="dimse", kinds=kinds, retry=outbox,
+                                           ae_title=pacs.ae_title, host=pacs.host, port=pacs.port))
+    tables = raw.get("destination", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("destination must be an array of tables: write each as '[[destination]]' with name, type "
+                          "and the keys of its type")
+    common = {"name", "type", "kinds", "max_attempts", "backoff_seconds", "backoff_max_seconds"}
+    for i, t in enumerate(tables):
+        section = f"destination[{i}]"
+        name = _get(t, section, "name", str, required=True)
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"{section}.name = {name!r}: use 1-32 lower-case letters, digits, '-' or '_', "
+                              "e.g. \"archive\"")
+        section = f"destination {name!r}"
+        if any(d.name == name for d in out):
+            raise ConfigError(f"{section}: the name is used twice" + (
+                " ([pacs] is the destination \"pacs\": rename this one, or set [pacs] kinds = [])"
+                if name == "pacs" else ": give each [[destination]] its own name"))
+        kind = _get(t, section, "type", str, required=True)
+        if kind == "dimse":
+            _known(t, section, common | {"ae_title", "host", "port"})
+            out.append(DestinationSettings(
+                name=name, type=kind, kinds=_kinds(t, section), retry=_retry(t, section, outbox),
+                ae_title=_ae(t, section, None, required=True), host=_get(t, section, "host", str, required=True),
+                port=_port(t, section, "port", None, required=True),
+            ))
+        elif kind == "stow-rs":
+            _known(t, section, common | {"url", "token_file"})
+            url = _get(t, section, "url", str, required=True)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{section}.url = {url!r} must start with http:// or https://, e.g. "
+                                  "\"https://pacs.example.org/dicom-web\" (the DICOMweb base URL)")
+            token_file = _file(t, section, "token_file", base_dir, secret=True)
+            token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
+            if token_file is not None and (not token or any(c.isspace() for c in token)):
+                raise ConfigError(f"{section}.token_file {token_file}: the file must hold one bearer token")
+            out.append(DestinationSettings(
+                name=name, type=kind, kinds=_kinds(t, section), retry=_retry(t, section, outbox),
+                url=url.rstrip("/"), token=token, token_file=token_file,
+            ))
+        else:
+            raise ConfigError(f"{section}.type = {kind!r}: use \"dimse\" (C-STORE) or \"stow-rs\" (DICOMweb)")
+    return tuple(out)
 
 
 def _file(table: dict[str, Any], section: str, key: str, base_dir: Path | None, secret: bool = False) -> Path | None:

@@ -6,6 +6,7 @@ process at any point and starting it again resumes where it was.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -17,11 +18,12 @@ from typing import Any, Callable
 
 from node.assembler import Assembler
 from node.audit import record_configuration
-from node.config import ConfigError, Settings
+from node.config import ConfigError, DestinationSettings, Settings
 from node.dicom_server import Listeners
 from node.health import Check, progress_checks
 from node.listener import ListenerDeps, Spool, start_listener
-from node.outbox import Outbox
+from node.delivery import open_destination
+from node.delivery.outbox import Outbox
 from node.pacs import study_instance_count
 from node.resources import disk_space, low_space, watermark_bytes
 from node.store import Store
@@ -106,7 +108,8 @@ class Node:
                              connection_stats=self.listener.book.stats, gauges=self.gauges)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
-        self._spawn("outbox", self._outbox_loop)
+        for destination in self.settings.destinations:  # one thread each: a destination down never holds up another
+            self._spawn(f"outbox-{destination.name}", functools.partial(self._outbox_loop, destination))
         self._spawn("watchdog", self._watchdog_loop)
 
     def _reconcile_spool(self, store: Store) -> None:
@@ -226,9 +229,9 @@ class Node:
         while not self._stop.wait(self.settings.watchdog.interval_seconds):
             watchdog.tick()
 
-    def _outbox_loop(self) -> None:
+    def _outbox_loop(self, destination: DestinationSettings) -> None:
         store = self.open_store()
-        outbox = Outbox(store, self.settings.pacs, self.settings.outbox, self.settings.node.ae_title,
+        outbox = Outbox(store, open_destination(destination, self.settings.node.ae_title),
                         attempt_budget_seconds=self.settings.budgets.delivery_seconds)
         while not self._stop.is_set():
             if outbox.run_once() == 0:

@@ -53,7 +53,7 @@ STUDY_TRANSITIONS: dict[tuple[StudyState | None, StudyState], str] = {
     (StudyState.SENT, StudyState.RECEIVING): "listener: late instance a pipeline reads; or reprocess",
     (StudyState.FAILED, StudyState.RECEIVING): "listener: late instance a pipeline reads; or reprocess",
     (StudyState.NO_PIPELINE, StudyState.RECEIVING): "listener: late instance a pipeline reads; or reprocess",
-    (StudyState.FAILED, StudyState.PROCESSING): "operator: retry-dead re-queues its deliveries",
+    (StudyState.FAILED, StudyState.PROCESSING): "operator: outbox retry re-queues its deliveries",
 }
 
 JOB_TRANSITIONS: dict[tuple[JobState | None, JobState], str] = {
@@ -69,7 +69,7 @@ JOB_TRANSITIONS: dict[tuple[JobState | None, JobState], str] = {
     (JobState.SENDING, JobState.QUEUED): "assembler: inputs changed (re-run) or reprocess",
     (JobState.SENT, JobState.QUEUED): "assembler: inputs changed (re-run) or reprocess",
     (JobState.FAILED, JobState.QUEUED): "assembler: inputs changed (re-run) or reprocess",
-    (JobState.FAILED, JobState.SENDING): "operator: retry-dead",
+    (JobState.FAILED, JobState.SENDING): "operator: outbox retry",
     (JobState.QUEUED, JobState.FAILED): "watchdog: never claimed within the configured time",
 }
 

@@ -158,6 +158,14 @@ class RunOutcome:
     predecessor_sr_uid: str | None = None
 
 
+@dataclass(frozen=True)
+class DeliveryRoute:
+    """A destination and the result kinds ("sr", "sc", "gsps", "ko") it receives: what finish_run queues."""
+
+    name: str
+    kinds: frozenset[str]
+
+
 def _in(states: Sequence[str]) -> str:
     return "(" + ",".join("?" * len(states)) + ")"
 
@@ -563,7 +571,7 @@ class Store:
         return list(self.db.query("SELECT * FROM results WHERE run_id = ? ORDER BY kind DESC, sop_instance_uid",
                                   [run_id]))
 
-    def finish_run(self, run_id: str, outcome: RunOutcome, destination: str | None,
+    def finish_run(self, run_id: str, outcome: RunOutcome, destinations: Sequence[DeliveryRoute],
                    now: float | None = None) -> RunState | None:
         """Record a run's results and queue them for delivery, in one transaction.
 
@@ -612,9 +620,10 @@ class Store:
                      "series_uid": series_uid, "kind": kind, "path": path, "created_at": now},
                     pk="sop_instance_uid",
                 )
-                if destination is not None:
-                    self._queue_delivery(destination, sop_uid, job_id, run_id, path, now)
-            pending = destination is not None and self._scalar(
+                for route in destinations:
+                    if kind in route.kinds:
+                        self._queue_delivery(route.name, sop_uid, job_id, run_id, path, now)
+            pending = self._scalar(
                 "SELECT COUNT(*) FROM outbox WHERE run_id = ? AND state = 'pending'", [run_id]) > 0
             state = RunState.SENDING if pending else RunState.SENT
             excluded = s.get("instances_excluded") or []
@@ -629,7 +638,7 @@ class Store:
                 self._set_run(current["run_id"], RunState.SUPERSEDED, detail=f"amended by {run_id}")
             self._job_to(
                 job_id, JobState.SENDING if pending else JobState.SENT, now,
-                "delivering results" if pending else ("results delivered" if destination else "results kept locally"),
+                "delivering results" if pending else ("results delivered" if destinations else "results kept locally"),
                 current_run_id=run_id, n_findings=s["n_findings"], inputs_missing=",".join(s["inputs_missing"]),
                 sr_sop_uid=s["sr_sop_uid"], **job_cols,
             )
@@ -689,19 +698,24 @@ class Store:
 
     # -- outbox -------------------------------------------------------------------------------------------------
 
-    def due_outbox(self, now: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def due_outbox(self, now: float | None = None, limit: int = 100, destination: str | None = None
+                   ) -> list[dict[str, Any]]:
+        """Pending items whose next attempt is due, oldest first; of one destination, or of all."""
         now = time.time() if now is None else now
-        return list(
-            self.db.query(
-                "SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY created_at LIMIT ?",
-                [now, limit],
-            )
-        )
+        where = "state = 'pending' AND next_attempt_at <= ?"
+        args: list[Any] = [now]
+        if destination is not None:
+            where, args = where + " AND destination = ?", [*args, destination]
+        return list(self.db.query(f"SELECT * FROM outbox WHERE {where} ORDER BY created_at LIMIT ?", [*args, limit]))
 
-    def outbox_items(self, state: str | None = None) -> list[dict[str, Any]]:
-        if state is None:
-            return list(self.db.query("SELECT * FROM outbox ORDER BY created_at"))
-        return list(self.db.query("SELECT * FROM outbox WHERE state = ? ORDER BY created_at", [state]))
+    def outbox_items(self, state: str | None = None, destination: str | None = None) -> list[dict[str, Any]]:
+        where: list[str] = ["1"]
+        args: list[Any] = []
+        if state is not None:
+            where, args = [*where, "state = ?"], [*args, state]
+        if destination is not None:
+            where, args = [*where, "destination = ?"], [*args, destination]
+        return list(self.db.query(f"SELECT * FROM outbox WHERE {' AND '.join(where)} ORDER BY created_at", args))
 
     def outbox_sent(self, item_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -726,22 +740,29 @@ class Store:
                 self._event("outbox-dead", detail=f"{item_id}: {error[:300]}")
             self._after_outbox_change(item_id, now)
 
-    def retry_dead(self) -> int:
+    def retry_dead(self, destination: str | None = None, item_ids: Sequence[str] = ()) -> int:
+        """Re-queue dead-lettered items (all, one destination's, or the named ones) with their attempts reset; the
+        runs and jobs they failed go back to sending. Returns how many items were re-queued."""
         now = time.time()
+        where, args = "state = 'dead'", []
+        if destination is not None:
+            where, args = where + " AND destination = ?", [destination]
+        if item_ids:
+            where, args = where + f" AND item_id IN {_in(item_ids)}", [*args, *item_ids]
         with self.transaction():
-            runs = [r[0] for r in self.db.execute("SELECT DISTINCT run_id FROM outbox WHERE state = 'dead'")]
+            runs = [r[0] for r in self.db.execute(f"SELECT DISTINCT run_id FROM outbox WHERE {where}", args)]
             cur = self.db.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE state = 'dead'", [now],
+                f"UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ? WHERE {where}", [now, *args],
             )
             for run_id in runs:
                 job = self._one("SELECT j.* FROM jobs j JOIN runs r ON r.job_id = j.job_id WHERE r.run_id = ?",
                                 [run_id])
                 if job is None or job["current_run_id"] != run_id:
                     continue
-                self._set_run(run_id, RunState.SENDING, detail="deliveries re-queued by retry-dead")
-                if self._job_to(job["job_id"], JobState.SENDING, now, "deliveries re-queued by retry-dead",
+                self._set_run(run_id, RunState.SENDING, detail="deliveries re-queued by outbox retry")
+                if self._job_to(job["job_id"], JobState.SENDING, now, "deliveries re-queued by outbox retry",
                                 only_from=[str(JobState.FAILED)], error=None):
-                    self._study_to(job["study_uid"], StudyState.PROCESSING, now, "deliveries re-queued by retry-dead")
+                    self._study_to(job["study_uid"], StudyState.PROCESSING, now, "deliveries re-queued by outbox retry")
             return int(cur.rowcount)
 
     def _after_outbox_change(self, item_id: str, now: float) -> None:

@@ -38,7 +38,7 @@ from node.results.ko import build_rejection_note
 from node.results.sc import build_overlays, overlay_png
 from node.results.sr import build_sr
 from node.results.uids import input_digest, result_uid
-from node.store import RunOutcome, Store
+from node.store import DeliveryRoute, RunOutcome, Store
 from pipelines.base import ClinicalContext, ExcludedInstance, InstanceRef, Pipeline, PipelineResult, StudyInput
 
 log = logging.getLogger(__name__)
@@ -214,12 +214,12 @@ class Worker:
         # Content digests too: an instance replaced with other content under the same UID changes the inputs.
         digest = input_digest([f"{r['sop_instance_uid']}:{r['digest'] or ''}" for r in rows], clinical_summary(context))
         current = self.store.current_run(job["job_id"])
-        destination = "pacs" if self.settings.pacs is not None else None
+        destinations = [DeliveryRoute(d.name, d.kinds) for d in self.settings.destinations]
         if current is not None and current["input_digest"] == digest and current["pipeline_version"] == pipeline.version:
             timings["total_s"] = time.perf_counter() - t0
             summary = {"timings": timings, "fhir_status": context.fhir_status, "n_findings": current["n_findings"],
                        "inputs_missing": [], "sr_sop_uid": current["sr_sop_uid"]}
-            self.store.finish_run(job["run_id"], RunOutcome(digest, (), True, summary), destination)
+            self.store.finish_run(job["run_id"], RunOutcome(digest, (), True, summary), destinations)
             return JobOutcome(job["job_id"], int(current["n_findings"] or 0), [], unchanged=True)
 
         t = time.perf_counter()
@@ -252,7 +252,7 @@ class Worker:
             job["run_id"],
             RunOutcome(digest, tuple(objects), False, summary,
                        str(predecessor.SOPInstanceUID) if predecessor is not None else None),
-            destination,
+            destinations,
         )
         return JobOutcome(job["job_id"], len(result.findings), objects)
 

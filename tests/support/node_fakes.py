@@ -15,12 +15,16 @@ from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
-from node.config import Settings, parse_settings
+from node.config import RESULT_KINDS, Settings, parse_settings
 from node.localpeers.orthanc import free_port
+from node.store import DeliveryRoute
 from pipelines.base import (
     ClinicalContext, CodedClass, Finding, LabRequirement, PipelineRequirements, PipelineResult, PixelBox,
     SeriesFilter, StudyInput, missing_inputs,
 )
+
+# finish_run's destinations for a node whose only destination is [pacs], receiving every kind of result
+TO_PACS = [DeliveryRoute("pacs", frozenset(RESULT_KINDS))]
 
 
 def uid(*parts: object) -> str:

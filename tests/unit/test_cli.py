@@ -40,7 +40,7 @@ def test_process_unknown_study_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such study" in result.output
 
 
-def test_retry_dead_requeues_dead_letters(tmp_path: Path) -> None:
+def test_outbox_list_shows_dead_letters_and_retry_requeues_them(tmp_path: Path) -> None:
     from node.store import Store
     from test_outbox import queued
 
@@ -49,10 +49,21 @@ def test_retry_dead_requeues_dead_letters(tmp_path: Path) -> None:
         store.outbox_failed(item["item_id"], "association rejected", None)
     store.close()
     config = tmp_path / "node.toml"
-    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n')
-    result = runner.invoke(app, ["retry-dead", "--config", str(config)])
-    assert result.exit_code == 0 and "2 delivery" in result.output
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[pacs]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = 4242\n')
+    listed = runner.invoke(app, ["outbox", "list", "--config", str(config)])
+    assert listed.exit_code == 0, listed.output
+    assert "dead    pacs/9.1" in listed.output and "association rejected" in listed.output
+    assert "2 item(s)" in listed.output
+    bad = runner.invoke(app, ["outbox", "retry", "--destination", "nowhere", "--config", str(config)])
+    assert bad.exit_code == 2 and "use one of pacs" in bad.output
+    one = runner.invoke(app, ["outbox", "retry", "pacs/9.2", "--config", str(config)])
+    assert one.exit_code == 0 and "1 delivery" in one.output
+    result = runner.invoke(app, ["outbox", "retry", "--config", str(config)])
+    assert result.exit_code == 0 and "1 delivery" in result.output
     assert {i["state"] for i in Store(tmp_path / "data" / "node.db").outbox_items()} == {"pending"}
+    pending = runner.invoke(app, ["outbox", "list", "--state", "pending", "--config", str(config)])
+    assert "pending pacs/9.1" in pending.output and "attempts=0" in pending.output
 
 
 def test_reprocess_reopens_the_study_and_status_says_why(tmp_path: Path) -> None:

@@ -209,3 +209,62 @@ def test_users_file_format_and_token_length(tmp_path: Path) -> None:
     secret(tmp_path / "token", "short")
     with pytest.raises(ConfigError, match="at least 16 characters"):
         load_settings(write(tmp_path, '[security.http]\ntoken_file = "token"\n'))
+
+
+PACS = '[pacs]\nae_title = "ORTHANC"\nhost = "10.0.0.5"\nport = 4242\n'
+
+
+def test_pacs_is_the_default_destination_and_destinations_add_to_it(tmp_path: Path) -> None:
+    token = tmp_path / "stow.token"
+    token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)
+    s = load_settings(write(tmp_path, PACS + """
+[outbox]
+max_attempts = 5
+[[destination]]
+name = "archive"
+type = "stow-rs"
+url = "https://archive.example.org/dicom-web/"
+kinds = ["sr", "sc"]
+token_file = "stow.token"
+max_attempts = 12
+[[destination]]
+name = "viewer-cache"
+type = "dimse"
+ae_title = "CACHE"
+host = "10.0.0.9"
+port = 104
+kinds = ["gsps"]
+"""))
+    by_name = {d.name: d for d in s.destinations}
+    assert list(by_name) == ["pacs", "archive", "viewer-cache"]
+    assert by_name["pacs"].kinds == {"sr", "sc", "gsps", "ko"} and by_name["pacs"].retry.max_attempts == 5
+    archive = by_name["archive"]
+    assert (archive.type, archive.url, archive.kinds) == ("stow-rs", "https://archive.example.org/dicom-web",
+                                                          {"sr", "sc"})
+    assert archive.retry.max_attempts == 12 and archive.token == "0123456789abcdef0123"
+    assert "0123456789abcdef" not in repr(archive), "the token never shows in a repr (logs)"
+    assert by_name["viewer-cache"].describe() == "CACHE@10.0.0.9:104"
+
+
+def test_pacs_with_no_kinds_is_only_asked_for_counts(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, PACS + "kinds = []\n"))
+    assert s.pacs is not None and s.destinations == ()
+
+
+@pytest.mark.parametrize("table, words", [
+    ('name = "x"\ntype = "ftp"', ['destination \'x\'.type = \'ftp\'', '"dimse"', '"stow-rs"']),
+    ('name = "pacs"\ntype = "dimse"\nae_title = "A"\nhost = "h"\nport = 1', ["used twice", "kinds = []"]),
+    ('name = "Bad Name"\ntype = "dimse"', ["destination[0].name", "lower-case"]),
+    ('name = "a"\ntype = "stow-rs"\nurl = "ftp://x"', ["destination 'a'.url", "http://"]),
+    ('name = "a"\ntype = "stow-rs"', ["destination 'a'.url is required"]),
+    ('name = "a"\ntype = "dimse"\nae_title = "A"\nhost = "h"\nport = 1\nkinds = ["pdf"]', ["destination 'a'.kinds",
+                                                                                          "'gsps'"]),
+    ('name = "a"\ntype = "dimse"\nae_title = "A"\nhost = "h"\nport = 1\nurl = "http://x"', ["unknown key(s) url"]),
+    ('name = "a"\ntype = "dimse"\nae_title = "A"\nhost = "h"\nport = 1\nmax_attempts = 0', ["max_attempts must be"]),
+])
+def test_bad_destinations_name_the_key_and_the_fix(tmp_path: Path, table: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, PACS + "[[destination]]\n" + table + "\n"))
+    for word in words:
+        assert word in str(err.value)

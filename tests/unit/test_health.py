@@ -8,6 +8,7 @@ from pathlib import Path
 from node.config import BudgetSettings
 from node.health import progress_checks
 from node.store import JobPlan, RunOutcome, Store
+from node_fakes import TO_PACS
 from test_store import inst
 
 BUDGETS = BudgetSettings(fhir_seconds=10, pipeline_seconds=60, delivery_seconds=20, stall_seconds=30)
@@ -52,7 +53,7 @@ def test_deliveries_nobody_attempts_but_not_those_backing_off(tmp_path: Path) ->
     job = store.claim_job("w", 900, now=1000.0)
     assert job is not None
     summary = {"timings": {}, "fhir_status": "ok", "n_findings": 0, "inputs_missing": [], "sr_sop_uid": "9.1"}
-    store.finish_run(job["run_id"], RunOutcome("d", (("9.1", "8.1", "sr", "/r/sr.dcm"),), False, summary), "pacs",
+    store.finish_run(job["run_id"], RunOutcome("d", (("9.1", "8.1", "sr", "/r/sr.dcm"),), False, summary), TO_PACS,
                      now=1001.0)
     job2 = store.claim_job("w", 900, now=1001.0)  # the other study's job runs, so the queue is not the question
     assert job2 is not None

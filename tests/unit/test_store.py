@@ -10,6 +10,7 @@ import pytest
 
 from node.states import JOB_TRANSITIONS, STUDY_TRANSITIONS, JobState, RunState, StudyState
 from node.store import IndexedInstance, IndexOutcome, JobPlan, RunOutcome, Store
+from node_fakes import TO_PACS
 
 
 def inst(sop: str, study: str = "1.2.3", *, digest: str = "d1", routed: tuple[str, ...] = ("p",),
@@ -82,7 +83,7 @@ def test_job_survives_a_dead_worker_and_is_claimed_again(tmp_path: Path) -> None
     assert again is not None and again["job_id"] == job["job_id"] and again["attempts"] == 2
     assert reopened.run("1.2.3/p#1")["state"] == RunState.FAILED  # type: ignore[index]
     # the first worker wakes up late: its run no longer holds the job, nothing it reports is recorded
-    assert reopened.finish_run("1.2.3/p#1", outcome("x", "9.1"), "pacs") is None
+    assert reopened.finish_run("1.2.3/p#1", outcome("x", "9.1"), TO_PACS) is None
     assert reopened.outbox_items() == []
 
 
@@ -92,8 +93,8 @@ def test_results_are_queued_once_and_study_is_sent_when_delivered(tmp_path: Path
     completed(store)
     job = store.claim_job("w", 60, now=3.0)
     assert job is not None
-    assert store.finish_run(job["run_id"], outcome("x", "9.1", extra=("9.2",)), "pacs") == RunState.SENDING
-    assert store.finish_run(job["run_id"], outcome("x", "9.1", extra=("9.2",)), "pacs") is None  # a replay
+    assert store.finish_run(job["run_id"], outcome("x", "9.1", extra=("9.2",)), TO_PACS) == RunState.SENDING
+    assert store.finish_run(job["run_id"], outcome("x", "9.1", extra=("9.2",)), TO_PACS) is None  # a replay
     assert len(store.outbox_items()) == 2
     assert state(store) == StudyState.PROCESSING
     deliver_all(store)
@@ -107,7 +108,7 @@ def test_dead_letter_fails_the_job_and_retry_revives_it(tmp_path: Path) -> None:
     completed(store)
     job = store.claim_job("w", 60, now=3.0)
     assert job is not None
-    store.finish_run(job["run_id"], outcome("x", "9.1"), "pacs")
+    store.finish_run(job["run_id"], outcome("x", "9.1"), TO_PACS)
     item = store.due_outbox()[0]
     store.outbox_failed(item["item_id"], "association rejected", None)
     assert state(store, "jobs") == JobState.FAILED and state(store) == StudyState.FAILED
@@ -124,7 +125,7 @@ def test_late_instance_reopens_only_when_a_pipeline_reads_it(tmp_path: Path) -> 
     completed(store)
     job = store.claim_job("w", 60, now=3.0)
     assert job is not None
-    store.finish_run(job["run_id"], outcome("x", "9.1"), None)
+    store.finish_run(job["run_id"], outcome("x", "9.1"), [])
     assert state(store) == StudyState.SENT
     store.index_instance(inst("1.5", modality="MR", routed=()), now=4.0)
     study = store.study("1.2.3")
@@ -142,7 +143,7 @@ def test_own_results_coming_back_never_count_or_reopen(tmp_path: Path) -> None:
     completed(store)
     job = store.claim_job("w", 60, now=3.0)
     assert job is not None
-    store.finish_run(job["run_id"], outcome("x", "9.1"), None)
+    store.finish_run(job["run_id"], outcome("x", "9.1"), [])
     assert store.is_own_result("9.1", "x") and store.is_own_result("other", "9.9")
     assert store.index_instance(inst("9.1", own=True, routed=()), now=4.0) == IndexOutcome.OWN_RESULT
     study = store.study("1.2.3")
@@ -161,7 +162,7 @@ def test_instance_during_the_run_requeues_the_job_after_it_and_outdated_results_
     assert state(store) == StudyState.RECEIVING and state(store, "jobs") == JobState.RUNNING
     completed(store, ("1.1", "1.2"), now=6.0)  # the re-opened study completes again during the same run
     assert state(store, "jobs") == JobState.RUNNING, "a completion never overwrites a running job's state"
-    assert store.finish_run(job["run_id"], outcome("x", "9.1"), "pacs") == RunState.SUPERSEDED
+    assert store.finish_run(job["run_id"], outcome("x", "9.1"), TO_PACS) == RunState.SUPERSEDED
     assert state(store, "jobs") == JobState.QUEUED and store.outbox_items() == []
     again = store.claim_job("w", 60, now=7.0)
     assert again is not None and again["inputs"] == '["1.1", "1.2"]' and again["run_id"] == "1.2.3/p#2"
@@ -184,13 +185,13 @@ def test_rerun_amends_the_current_results_and_unchanged_inputs_send_nothing(tmp_
     completed(store)
     first = store.claim_job("w", 60, now=3.0)
     assert first is not None
-    store.finish_run(first["run_id"], outcome("a", "9.1"), "pacs")
+    store.finish_run(first["run_id"], outcome("a", "9.1"), TO_PACS)
     deliver_all(store)
     store.index_instance(inst("1.2"), now=4.0)
     completed(store, ("1.1", "1.2"), now=7.0)
     second = store.claim_job("w", 60, now=8.0)
     assert second is not None
-    store.finish_run(second["run_id"], outcome("b", "9.2", predecessor="9.1"), "pacs")
+    store.finish_run(second["run_id"], outcome("b", "9.2", predecessor="9.1"), TO_PACS)
     assert store.run(first["run_id"])["state"] == RunState.SUPERSEDED  # type: ignore[index]
     assert store.current_run("1.2.3/p")["predecessor_sr_uid"] == "9.1"  # type: ignore[index]
     deliver_all(store)
@@ -203,7 +204,7 @@ def test_rerun_amends_the_current_results_and_unchanged_inputs_send_nothing(tmp_
     completed(store, ("1.1", "1.2"), now=10.0, force=True)
     third = store.claim_job("w", 60, now=11.0)
     assert third is not None
-    assert store.finish_run(third["run_id"], outcome("b", "9.2", unchanged=True), "pacs") == RunState.UNCHANGED
+    assert store.finish_run(third["run_id"], outcome("b", "9.2", unchanged=True), TO_PACS) == RunState.UNCHANGED
     assert state(store) == StudyState.SENT and len(store.outbox_items()) == 2
 
 

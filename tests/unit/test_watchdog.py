@@ -10,7 +10,7 @@ from node.store import JobPlan, Store
 from node.watchdog import Watchdog
 from test_store import inst
 
-from node_fakes import settings
+from node_fakes import TO_PACS, settings
 
 
 def make(tmp_path: Path) -> tuple[Store, Watchdog]:
@@ -66,7 +66,7 @@ def test_a_sending_job_without_pending_deliveries_is_settled(tmp_path: Path) -> 
     assert job is not None
     store.finish_run(job["run_id"], RunOutcome("d", (("9.1", "8.1", "sr", "/r/sr.dcm"),), False,
                      {"timings": {}, "fhir_status": "ok", "n_findings": 0, "inputs_missing": [], "sr_sop_uid": "9.1"}),
-                     "pacs")
+                     TO_PACS)
     # the delivery was recorded but the job's transition was lost (e.g. an older version's bug): repaired
     store.db.execute("UPDATE outbox SET state = 'sent'")
     store.db.execute("UPDATE jobs SET updated_at = 0")
