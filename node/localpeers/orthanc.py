@@ -77,6 +77,8 @@ class Orthanc:
         }
 
     def start(self, timeout: float = 60.0) -> "Orthanc":
+        if self.client.is_closed:  # started again after a stop: same ports, same storage
+            self.client = httpx.Client(base_url=self.url, timeout=60.0)
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=1))
         log = open(self.workdir / "orthanc.log", "wb")

@@ -37,7 +37,7 @@ class NodeProcess:
 
     def __init__(
         self, workdir: Path, pacs: Orthanc | None, fhir_url: str | None, quiet_seconds: float = 2.0,
-        register: bool = True, log_level: str = "INFO",
+        register: bool = True, log_level: str = "INFO", extra_toml: str = "",
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -57,7 +57,7 @@ class NodeProcess:
             lines += ["[fhir]", f'base_url = "{fhir_url}"',
                       'patient_identifier_system = "urn:dicom-ai-node:synthetic-mrn"', "timeout_seconds = 3"]
         self.config = workdir / "node.toml"
-        self.config.write_text("\n".join(lines) + "\n")
+        self.config.write_text("\n".join(lines) + "\n" + extra_toml)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "node.log"
 
@@ -89,6 +89,17 @@ class NodeProcess:
                 return str(s["status"])
         return None
 
+    def cli(self, *args: str) -> str:
+        """``dicom-ai-node ARGS --config <this node's>``; its output (raises when it exits non-zero)."""
+        done = subprocess.run([sys.executable, "-m", "node.cli", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, env=TOOL_ENV, timeout=120)
+        assert done.returncode == 0, f"dicom-ai-node {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def runs(self, study_uid: str) -> int:
+        """How many pipeline runs the study has had (any state)."""
+        return sum(len(job["runs"]) for s in self.api_studies() if s["study_uid"] == study_uid for job in s["jobs"])
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -115,13 +126,13 @@ def echoscu(port: int, ae_title: str = "AINODE") -> subprocess.CompletedProcess[
 
 
 def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[Dataset]]:
-    """The node's SR and SC objects in the study as Orthanc holds them, read back from Orthanc."""
-    out: dict[str, list[Dataset]] = {"SR": [], "SC": [], "KO": []}
+    """The node's SR, SC, GSPS (PR) and rejection-note (KO) objects in the study as Orthanc holds them."""
+    out: dict[str, list[Dataset]] = {"SR": [], "SC": [], "KO": [], "PR": []}
     for inst in pacs.study_instances(study_uid):
-        if inst.get("Modality") in ("SR", "KO") or inst.get("SOPClassUID", "").startswith("1.2.840.10008.5.1.4.1.1.7"):
+        if inst.get("Modality") in out or inst.get("SOPClassUID", "").startswith("1.2.840.10008.5.1.4.1.1.7"):
             ds = dcmread(BytesIO(pacs.instance_file(inst["ID"])))
             if ds.get("Manufacturer") == "dicom-ai-node":
-                out[ds.Modality if ds.Modality in ("SR", "KO") else "SC"].append(ds)
+                out[ds.Modality if ds.Modality in out else "SC"].append(ds)
     return out
 
 

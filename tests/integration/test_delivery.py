@@ -1,0 +1,168 @@
+"""Delivery against real peers: Orthanc over C-STORE and over DICOMweb STOW-RS (two Orthancs), dcmtk storescu as
+the modality, the shipped radiograph-lesion pipeline, the FHIR engine.
+
+- Orthanc stopped while results are pending and started two minutes later: every result arrives, once each.
+- Processing the same study twice (sent again; reprocessed; even with the node's database lost) leaves exactly
+  one SR, one set of SC and one GSPS in Orthanc.
+- A STOW-RS destination receives the same objects as the C-STORE one.
+
+``DELIVERY_DOWNTIME_SECONDS`` shortens the outage for a quick local run; the README's test command keeps 120.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pydicom import Dataset
+
+from node.localpeers.fhir import FhirEngine
+from node.localpeers.orthanc import Orthanc
+from node.store import Store
+from pipelines.cohort import DemoCase, write_demo_study
+
+from peers import NodeProcess, results_in_orthanc, storescu, wait_for
+
+pytestmark = pytest.mark.integration
+
+DOWNTIME_SECONDS = float(os.environ.get("DELIVERY_DOWNTIME_SECONDS", "120"))
+# retries every few seconds, and never dead-lettered within the outage
+FAST_RETRIES = "[outbox]\nmax_attempts = 1000\nbackoff_seconds = 1\nbackoff_max_seconds = 5\n"
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> DemoCase:
+    return write_demo_study(tmp_path_factory.mktemp("delivery-case"), seed=7)
+
+
+@pytest.fixture(scope="module")
+def fhir(case: DemoCase) -> Iterator[FhirEngine]:
+    with FhirEngine() as engine:
+        engine.post_bundle(case.fhir_bundle)
+        yield engine
+
+
+def node_results(db: Path, study_uid: str) -> dict[str, str]:
+    """SOP Instance UID -> kind of every result object the node wrote for the study."""
+    store = Store(db)
+    try:
+        return {r["sop_instance_uid"]: r["kind"] for r in store.db.query(
+            "SELECT sop_instance_uid, kind FROM results WHERE study_uid = ?", [study_uid])}
+    finally:
+        store.close()
+
+
+def uids(found: dict[str, list[Dataset]]) -> list[str]:
+    return sorted(str(ds.SOPInstanceUID) for objects in found.values() for ds in objects)
+
+
+def one_of_each(found: dict[str, list[Dataset]], n_sc: int) -> None:
+    assert len(found["SR"]) == 1, f"{len(found['SR'])} SRs"
+    assert len(found["SC"]) == n_sc, f"{len(found['SC'])} SCs, expected {n_sc}"
+    assert len(found["PR"]) == 1, f"{len(found['PR'])} presentation states"
+    assert found["KO"] == [], "nothing was amended"
+
+
+def test_orthanc_down_for_two_minutes_then_every_result_arrives_once(
+    tmp_path: Path, fhir: FhirEngine, case: DemoCase
+) -> None:
+    pacs = Orthanc(workdir=tmp_path / "orthanc").start()
+    node = NodeProcess(tmp_path / "node", pacs, fhir.base_url, extra_toml=FAST_RETRIES).start()
+    try:
+        pacs.stop()
+        down_since = time.monotonic()
+        assert storescu(node.port, case.files).returncode == 0
+        db = node.workdir / "data" / "node.db"
+
+        def retried() -> bool:
+            store = Store(db)
+            try:
+                items = store.outbox_items()
+                return bool(items) and all(i["state"] == "pending" and i["attempts"] >= 2 for i in items)
+            finally:
+                store.close()
+
+        wait_for(retried, 120, "results pending with failed attempts while Orthanc is down")
+        time.sleep(max(0.0, DOWNTIME_SECONDS - (time.monotonic() - down_since)))
+        store = Store(db)
+        attempts = max(i["attempts"] for i in store.outbox_items())
+        assert {i["state"] for i in store.outbox_items()} == {"pending"}, "nothing dead-lettered during the outage"
+        store.close()
+        print(f"Orthanc down {time.monotonic() - down_since:.0f} s; {attempts} attempts per object meanwhile")
+        pacs.start()
+        back = time.monotonic()
+        wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 60, "delivery once Orthanc is back")
+        print(f"every result in Orthanc {time.monotonic() - back:.1f} s after it came back")
+        found = results_in_orthanc(pacs, case.study_instance_uid)
+        written = node_results(db, case.study_instance_uid)
+        assert uids(found) == sorted(written), "every object the node wrote arrived, and nothing else"
+        one_of_each(found, n_sc=sum(kind == "sc" for kind in written.values()))
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_the_same_study_processed_twice_leaves_one_sr_one_set_of_sc_and_one_gsps(
+    tmp_path: Path, fhir: FhirEngine, case: DemoCase
+) -> None:
+    with Orthanc(workdir=tmp_path / "orthanc") as pacs:
+        node = NodeProcess(tmp_path / "node", pacs, fhir.base_url).start()
+        try:
+            assert storescu(node.port, case.files).returncode == 0
+            wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "the first results")
+            first = results_in_orthanc(pacs, case.study_instance_uid)
+            n_sc = len(first["SC"])
+            assert n_sc >= 1, "the demo study has findings"
+            one_of_each(first, n_sc)
+
+            # 1. the modality sends the study again: same inputs, nothing new
+            assert storescu(node.port, case.files).returncode == 0
+            wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "the re-sent study settled")
+            # 2. an operator forces a re-run: the pipeline runs, its inputs are unchanged, nothing is sent
+            node.cli("reprocess", case.study_instance_uid)
+            wait_for(lambda: node.study_status(case.study_instance_uid) == "sent"
+                     and node.runs(case.study_instance_uid) >= 2, 120, "the reprocessed study settled")
+            # 3. the node loses its database and spool (a rebuilt server) and gets the study again: the result
+            # UIDs are derived from the inputs, so Orthanc receives the very same objects and keeps one copy
+            node.stop()
+            shutil.rmtree(node.workdir / "data")
+            node.start()
+            assert storescu(node.port, case.files).returncode == 0
+            wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "results of the rebuilt node")
+            again = results_in_orthanc(pacs, case.study_instance_uid)
+            one_of_each(again, n_sc)
+            assert uids(again) == uids(first)
+        finally:
+            node.stop()
+
+
+def test_a_stow_rs_destination_receives_the_same_objects_as_the_c_store_one(
+    tmp_path: Path, fhir: FhirEngine, case: DemoCase
+) -> None:
+    with Orthanc(workdir=tmp_path / "pacs") as pacs, Orthanc(workdir=tmp_path / "archive", ae_title="ARCHIVE") as archive:
+        stow = f'[[destination]]\nname = "archive"\ntype = "stow-rs"\nurl = "{archive.url}/dicom-web"\n'
+        node = NodeProcess(tmp_path / "node", pacs, fhir.base_url, extra_toml=stow).start()
+        try:
+            assert storescu(node.port, case.files).returncode == 0
+            wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "delivery to both")
+            over_dimse = results_in_orthanc(pacs, case.study_instance_uid)
+            over_stow = results_in_orthanc(archive, case.study_instance_uid)
+            written = node_results(node.workdir / "data" / "node.db", case.study_instance_uid)
+            assert uids(over_stow) == uids(over_dimse) == sorted(written)
+            one_of_each(over_stow, n_sc=len(over_dimse["SC"]))
+            by_uid = {str(ds.SOPInstanceUID): ds for objects in over_dimse.values() for ds in objects}
+            for ds in (d for objects in over_stow.values() for d in objects):
+                other = by_uid[str(ds.SOPInstanceUID)]
+                assert ds.SOPClassUID == other.SOPClassUID
+                # the same object, element for element (the file meta may differ: each archive writes its own)
+                assert ds == other, f"{ds.Modality} {ds.SOPInstanceUID} differs between the archives"
+            store = Store(node.workdir / "data" / "node.db")
+            audit = [r["actor"] for r in store.audit_records(kind="result-sent")]
+            store.close()
+            assert audit.count("archive") == audit.count("pacs") == len(written)
+        finally:
+            node.stop()
