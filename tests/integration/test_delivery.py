@@ -166,3 +166,59 @@ def test_a_stow_rs_destination_receives_the_same_objects_as_the_c_store_one(
             assert audit.count("archive") == audit.count("pacs") == len(written)
         finally:
             node.stop()
+
+
+# dcmtk storescp as an archive that takes images and presentation states, not SR, and only Implicit VR Little Endian
+NO_SR_SCP = """
+[[TransferSyntaxes]]
+[ImplicitOnly]
+TransferSyntax1 = 1.2.840.10008.1.2
+[[PresentationContexts]]
+[NoStructuredReports]
+PresentationContext1 = 1.2.840.10008.5.1.4.1.1.7\\ImplicitOnly
+PresentationContext2 = 1.2.840.10008.5.1.4.1.1.11.1\\ImplicitOnly
+[[Profiles]]
+[NoSR]
+PresentationContexts = NoStructuredReports
+"""
+
+
+def test_a_destination_that_rejects_sr_still_gets_the_sc_and_gsps(
+    tmp_path: Path, fhir: FhirEngine, case: DemoCase
+) -> None:
+    import subprocess
+
+    from node.localpeers import stop_process
+    from node.localpeers.orthanc import free_port
+    from pydicom import dcmread
+
+    from peers import TOOL_ENV
+
+    (tmp_path / "scp.cfg").write_text(NO_SR_SCP)
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    scp = subprocess.Popen(["storescp", "-xf", str(tmp_path / "scp.cfg"), "NoSR", "-aet", "IMAGES", "-od",
+                            str(received), str(port)], env=TOOL_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    images = f'[[destination]]\nname = "images"\ntype = "dimse"\nae_title = "IMAGES"\nhost = "127.0.0.1"\nport = {port}\n'
+    try:
+        with Orthanc(workdir=tmp_path / "pacs") as pacs:
+            node = NodeProcess(tmp_path / "node", pacs, fhir.base_url, extra_toml=images).start()
+            try:
+                assert storescu(node.port, case.files).returncode == 0
+                wait_for(lambda: node.study_status(case.study_instance_uid) in ("sent", "failed"), 120,
+                         "deliveries settled")
+                got = [dcmread(p) for p in received.iterdir()]
+                n_sc = len(results_in_orthanc(pacs, case.study_instance_uid)["SC"])
+                sc, gsps = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.11.1"
+                assert sorted(str(ds.SOPClassUID) for ds in got) == sorted([sc] * n_sc + [gsps]), \
+                    "every SC and the GSPS, in spite of the SR refused"
+                assert {str(ds.file_meta.TransferSyntaxUID) for ds in got} == {"1.2.840.10008.1.2"}
+                dead = node.cli("outbox", "list", "--destination", "images")
+                assert "dead    images/" in dead and "accepts no presentation context for Comprehensive 3D SR" in dead
+                assert "1 item(s)" in dead, "only the SR is dead, after one attempt"
+                assert len(results_in_orthanc(pacs, case.study_instance_uid)["SR"]) == 1, "the PACS got the SR"
+            finally:
+                node.stop()
+    finally:
+        stop_process(scp, timeout=10)
