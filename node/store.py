@@ -885,6 +885,11 @@ class Store:
         out["instances"] = {"total": self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]}
         return out
 
+    def deliveries_by_destination(self) -> dict[tuple[str, str], int]:
+        """(destination, state) -> number of outbox items."""
+        return {(r[0], r[1]): int(r[2]) for r in self.db.execute(
+            "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state")}
+
     def events(self, study_uid: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         if study_uid is None:
             return list(self.db.query("SELECT * FROM events ORDER BY event_id DESC LIMIT ?", [limit]))

@@ -83,6 +83,7 @@ class _StoreCollector:
         store = self.open_store()
         try:
             counts = store.counts()
+            deliveries = store.deliveries_by_destination()
             timings = [json.loads(j["timings"] or "{}") for j in store.jobs() if j["timings"]]
         finally:
             store.close()
@@ -91,6 +92,11 @@ class _StoreCollector:
             for state, n in sorted(counts[table].items()):
                 g.add_metric([state], n)
             yield g
+        per_destination = GaugeMetricFamily("ainode_deliveries", "outbox items by destination and state",
+                                            labels=["destination", "state"])
+        for (destination, state), n in sorted(deliveries.items()):
+            per_destination.add_metric([destination, state], n)
+        yield per_destination
         yield GaugeMetricFamily("ainode_instances", "instances stored", value=counts["instances"]["total"])
         buckets = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
         for stage in ("fhir_s", "inference_s", "results_s", "total_s"):

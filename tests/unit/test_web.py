@@ -92,3 +92,21 @@ def test_https_handshake_is_not_on_the_accept_loop(tmp_path: Path) -> None:
     finally:
         silent.close()
         server.shutdown()
+
+
+def test_metrics_count_deliveries_per_destination(tmp_path: Path) -> None:
+    from node.config import RESULT_KINDS
+    from node.store import DeliveryRoute
+    from test_outbox import queued
+
+    store = queued(tmp_path, routes=[DeliveryRoute("pacs", frozenset(RESULT_KINDS)),
+                                     DeliveryRoute("archive", frozenset({"sr"}))])
+    store.outbox_sent("archive/9.1")
+    port = free_port()
+    server = start_web("127.0.0.1", port, lambda: Store(tmp_path / "db"), lambda: {"database": True})
+    try:
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'ainode_deliveries{destination="pacs",state="pending"} 2.0' in metrics
+        assert 'ainode_deliveries{destination="archive",state="sent"} 1.0' in metrics
+    finally:
+        server.shutdown()
