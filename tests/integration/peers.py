@@ -115,13 +115,14 @@ def echoscu(port: int, ae_title: str = "AINODE") -> subprocess.CompletedProcess[
 
 
 def results_in_orthanc(pacs: Orthanc, study_uid: str) -> dict[str, list[Dataset]]:
-    """The node's SR and SC objects in the study as Orthanc holds them, read back from Orthanc."""
-    out: dict[str, list[Dataset]] = {"SR": [], "SC": [], "KO": []}
+    """The node's SR, SC, GSPS (PR) and KO objects in the study as Orthanc holds them, read back from Orthanc."""
+    out: dict[str, list[Dataset]] = {"SR": [], "SC": [], "KO": [], "PR": []}
     for inst in pacs.study_instances(study_uid):
-        if inst.get("Modality") in ("SR", "KO") or inst.get("SOPClassUID", "").startswith("1.2.840.10008.5.1.4.1.1.7"):
+        if inst.get("Modality") in ("SR", "KO", "PR") or inst.get("SOPClassUID", "").startswith(
+                "1.2.840.10008.5.1.4.1.1.7"):
             ds = dcmread(BytesIO(pacs.instance_file(inst["ID"])))
             if ds.get("Manufacturer") == "dicom-ai-node":
-                out[ds.Modality if ds.Modality in ("SR", "KO") else "SC"].append(ds)
+                out[ds.Modality if ds.Modality in ("SR", "KO", "PR") else "SC"].append(ds)
     return out
 
 
