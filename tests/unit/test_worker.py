@@ -352,3 +352,28 @@ def test_a_result_write_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypat
     with pytest.raises(OSError):
         _write_dataset(cr_dataset("w", 1), tmp_path / "out" / "sr.dcm")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sources_with_invalid_attributes_still_give_valid_results(tmp_path: Path) -> None:
+    import warnings
+
+    from test_results_common import INVALID_ATTRIBUTES
+
+    bad = []
+    for n in (1, 2):
+        ds = cr_dataset("study-bad", n)
+        with warnings.catch_warnings():  # invalid on purpose: what some modalities send
+            warnings.simplefilter("ignore")
+            for keyword, value in INVALID_ATTRIBUTES.items():
+                setattr(ds, keyword, value)
+        bad.append(ds)
+    store, s, study_uid = received(tmp_path, n_images=0, more=tuple(bad), study="study-bad")
+    Worker(store, s, lambda name: FakePipeline(), owner="w").run_once()  # type: ignore[arg-type]
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "sending", job
+    rows = store.results_of_run(job["current_run_id"])
+    assert sorted(r["kind"] for r in rows) == ["gsps", "sc", "sc", "sr"]
+    for row in rows:  # read from disk, as the outbox sends them
+        assert errors(dciodvfy(Path(row["path"]))) == [], row["kind"]
+        ds = dcmread(row["path"])
+        assert ds.StudyInstanceUID == study_uid and ds.StudyDate in (None, "") and ds.PatientSex in (None, "")
