@@ -68,13 +68,19 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
                 x0, y0, x1, y1 = f.box
                 print(f"  - {f.tracking_id}: {f.class_meaning} (p={f.probability:.2f}), detector score "
                       f"{f.detection_score:.2f}, box ({x0:.0f},{y0:.0f})-({x1:.0f},{y1:.0f}) px")
-        else:
+        elif row["kind"] == "sc":
             n_sc += 1
             png = workdir / f"overlay-{n_sc}.png"
             overlay_png(dcmread(BytesIO(data)), png)
             print(f"\nSecondary Capture overlay {n_sc}, in Orthanc:")
             print(f"  {pacs.url}/instances/{orthanc_id}/preview")
             print(f"  written to {png}")
+        elif row["kind"] == "gsps":
+            state = dcmread(BytesIO(data))
+            images = sum(len(s.ReferencedImageSequence) for s in state.ReferencedSeriesSequence)
+            boxes = sum(len(a.get("GraphicObjectSequence", [])) for a in state.GraphicAnnotationSequence)
+            print(f"\nPresentation state (GSPS) over {images} image(s), {boxes} box(es), in Orthanc:")
+            print(f"  {pacs.url}/instances/{orthanc_id}/file")
     return sr_found, n_sc
 
 

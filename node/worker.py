@@ -1,4 +1,4 @@
-"""The job worker: claims a queued job (opening a run), gathers its inputs, runs the pipeline, writes SR/SC,
+"""The job worker: claims a queued job (opening a run), gathers its inputs, runs the pipeline, writes SR/SC/GSPS,
 queues delivery.
 
 Each stage has a wall-clock budget ([budgets]): the FHIR fetch past its budget gives image-only results whose SR
@@ -34,12 +34,22 @@ from node.config import Settings
 from node.context import fetch_context
 from node.listener import uid_digest
 from node.pixels import decode_problem
+from node.results.gsps import build_presentation_states
 from node.results.ko import build_rejection_note
 from node.results.sc import build_overlays, overlay_png
 from node.results.sr import build_sr
 from node.results.uids import input_digest, result_uid
+from node.results.voi import has_own_voi
 from node.store import DeliveryRoute, RunOutcome, Store
-from pipelines.base import ClinicalContext, ExcludedInstance, InstanceRef, Pipeline, PipelineResult, StudyInput
+from pipelines.base import (
+    ClinicalContext,
+    CodedClass,
+    ExcludedInstance,
+    InstanceRef,
+    Pipeline,
+    PipelineResult,
+    StudyInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,7 @@ MAX_ATTEMPTS = 3
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 KO_SERIES_NUMBER = 9903
+GSPS_SERIES_NUMBER = 9904
 
 T = TypeVar("T")
 
@@ -114,6 +125,13 @@ def _header_of(ref: InstanceRef, study_uid: str) -> Dataset:
         ds.SeriesInstanceUID = ref.series_instance_uid
         ds.StudyInstanceUID = study_uid
         return ds
+
+
+def _analysed_source(ref: InstanceRef, drawn_on: bool) -> Dataset:
+    """An analysed image for the result builders: with pixel data when an overlay is drawn on it or when it states no
+    VOI of its own (the presentation state's default window is computed from its pixels); its header otherwise."""
+    header = dcmread(ref.path, stop_before_pixels=True)
+    return dcmread(ref.path) if drawn_on or not has_own_voi(header) else header
 
 
 class Worker:
@@ -237,7 +255,8 @@ class Worker:
         t = time.perf_counter()
         superseded = self._objects_of(current)
         predecessor = next((ds for ds in superseded if ds.Modality == "SR"), None)
-        objects = self._write_results(job, result, refs, digest, predecessor, superseded)
+        objects = self._write_results(job, result, refs, digest, predecessor, superseded,
+                                      pipeline.requirements.anatomy)
         timings["results_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         if study["last_received_at"] is not None:
@@ -308,26 +327,25 @@ class Worker:
         return value  # type: ignore[no-any-return]
 
     def _objects_of(self, current: dict[str, Any] | None) -> list[Dataset]:
-        """The SR and overlays of the job's current results, which a new run amends (none for a first run)."""
+        """The SR, overlays and presentation states of the job's current results, which a new run amends (none for a
+        first run). Not its rejection note: that one rejected older results and stays true."""
         if current is None:
             return []
         return [
             dcmread(row["path"], stop_before_pixels=True)
             for row in self.store.results_of_run(current["run_id"])
-            if row["kind"] in ("sr", "sc") and Path(row["path"]).exists()
+            if row["kind"] in ("sr", "sc", "gsps") and Path(row["path"]).exists()
         ]
 
     def _write_results(
         self, job: dict[str, Any], result: Any, refs: tuple[InstanceRef, ...], digest: str,
-        predecessor: Dataset | None, superseded: list[Dataset],
+        predecessor: Dataset | None, superseded: list[Dataset], anatomy: CodedClass | None = None,
     ) -> list[tuple[str, str, str, str]]:
         analysed = set(result.images_analysed) | {f.sop_instance_uid for f in result.findings}
-        with_pixels = {f.sop_instance_uid for f in result.findings}
-        sources: list[Dataset] = [
-            dcmread(ref.path, stop_before_pixels=ref.sop_instance_uid not in with_pixels)
-            for ref in refs
-            if ref.sop_instance_uid in analysed
-        ]
+        with_findings = {f.sop_instance_uid for f in result.findings}
+        # Pixels only where they are drawn on (overlays) or where the GSPS needs them for a default window.
+        sources: list[Dataset] = [_analysed_source(ref, ref.sop_instance_uid in with_findings)
+                                  for ref in refs if ref.sop_instance_uid in analysed]
         # after the analysed ones: the SR takes patient and study from its first source
         excluded = {e.sop_instance_uid for e in result.instances_excluded}
         sources += [_header_of(ref, job["study_uid"]) for ref in refs if ref.sop_instance_uid in excluded]
@@ -340,7 +358,7 @@ class Worker:
         sr = build_sr(
             result, sources, series_instance_uid=uid("sr-series"), sop_instance_uid=uid("sr"),
             series_number=SR_SERIES_NUMBER, manufacturer=MANUFACTURER, software_version=version,
-            previous_versions=[predecessor] if predecessor is not None else (),
+            previous_versions=[predecessor] if predecessor is not None else (), anatomy=anatomy,
         )
         objects: list[tuple[str, str, str, str]] = []
         sr_path = out_dir / "sr.dcm"
@@ -356,6 +374,15 @@ class Worker:
             _write_dataset(sc, sc_path)
             overlay_png(sc, sc_path.with_suffix(".png"))
             objects.append((str(sc.SOPInstanceUID), str(sc.SeriesInstanceUID), "sc", str(sc_path)))
+        states = build_presentation_states(
+            result, sources, series_instance_uid=uid("gsps-series"), series_number=GSPS_SERIES_NUMBER,
+            sop_uid_for=lambda key: uid(f"gsps:{key}"), manufacturer=MANUFACTURER, software_version=version,
+            amends=predecessor is not None,
+        )
+        for n, state in enumerate(states, start=1):
+            gsps_path = out_dir / ("gsps.dcm" if n == 1 else f"gsps-{n}.dcm")
+            _write_dataset(state, gsps_path)
+            objects.append((str(state.SOPInstanceUID), str(state.SeriesInstanceUID), "gsps", str(gsps_path)))
         if superseded:
             note = build_rejection_note(
                 superseded, amended_by=str(sr.SOPInstanceUID), pipeline=result.pipeline_name,

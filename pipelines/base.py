@@ -45,6 +45,9 @@ class PipelineRequirements:
     labs: tuple[LabRequirement, ...]
     reads_notes: bool
     dimensionality: int  # 2: per image (radiographs); 3: per volume (CT/MR)
+    # The anatomic region the pipeline is made for (a CID 4031 code): the finding site the results state when an
+    # image's Body Part Examined is empty or has no standard code.
+    anatomy: CodedClass | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The coded concepts our SR uses, and the mapping between the pipelines' input vocabulary and codes.
+"""The coded concepts our objects use, and the mapping between the pipelines' input vocabulary and codes.
 
-Standard codes come from ``pydicom.sr.codedict.codes``; where no standard code fits, a project-private code in the
-``99AINODE`` scheme is defined here (and declared in the SR's Coding Scheme Identification Sequence). Nothing else.
+Standard codes come from ``pydicom.sr.codedict.codes`` (or are named here with their scheme and source); where no
+standard code fits, a project-private code in the ``99AINODE`` scheme is defined here, with the reason, and declared
+in the SR's Coding Scheme Identification Sequence. Nothing else.
 """
 
 from __future__ import annotations
@@ -42,14 +43,37 @@ ABSENT = codes.SCT.Absent  # (272519000, SCT, "Absent")
 # "labs" as a whole (e.g. EHR unreachable): LOINC's section code for laboratory data.
 LABS = codes.LN.RelevantDiagnosticTestsAndOrLaboratoryData  # (30954-2, LN)
 
-# --- project-private codes (no standard concept states "this clinical input was not available to the AI") -----
-INPUT_UNAVAILABLE = Code("AIN001", PRIVATE_SCHEME, "Clinical input unavailable")
-INPUT_USED = Code("AIN002", PRIVATE_SCHEME, "Clinical input used")
-EHR_STATUS = Code("AIN003", PRIVATE_SCHEME, "EHR query status")
-# Free-text EHR notes; DCM "Physician Note" and LOINC note types are narrower than what the node reads.
-NOTES = Code("AIN010", PRIVATE_SCHEME, "Clinical notes")
+# Free-text EHR notes: the node reads every plain-text DocumentReference, whatever its type, so the generic LOINC
+# document type "Note" (34109-9, LOINC Document Ontology; the default type of FHIR note writers) names what it read.
+# DCM "Physician Note" (121173) would claim an author the node does not check. LOINC codes are not in codedict.
+NOTES = Code("34109-9", "LN", "Note")
 # The image itself as an input.
 IMAGE = codes.DCM.SourceImage  # (121324, DCM, "Source image")
+
+# --- IHE AI Results: the algorithm in the Contributing Equipment Sequence ---------------------------------------
+# IHE RAD AIR (Rev 1.1, 6.5.3.1 "General Result Encoding Requirements") asks every result object to describe the
+# algorithm in the Contributing Equipment Sequence with Purpose of Reference (Newcode1, 99IHE, "Processing
+# Algorithm"), an interim IHE code. DICOM has not assigned a standard one: CID 7005 "Contributing Equipment Purpose
+# of Reference" (OID 1.2.840.10008.6.1.486) holds Acquisition, Processing, Modifying, De-identifying, Frame
+# Extracting, Enhanced Multi-frame Conversion and Synthesizing Equipment and the digitizers, nothing for an
+# algorithm (PS3.16 2024a as rendered in github.com/bvdh/dicom-terminology-in-fhir, ValueSet CID_7005 version
+# 20240324; dcm4che's ContributingEquipmentPurposeOfReference lists the same). MONAI Deploy's writers use the IHE code.
+IHE_SCHEME = "99IHE"
+IHE_SCHEME_ITEM = CodingSchemeIdentificationItem(
+    designator=IHE_SCHEME,
+    name="IHE interim codes (AI Results profile)",
+    responsible_organization="IHE International",
+)
+PROCESSING_ALGORITHM = Code("Newcode1", IHE_SCHEME, "Processing Algorithm")
+
+# --- project-private codes ----------------------------------------------------------------------------------
+# No standard concept says "this clinical input was (not) available to the AI": DCM "Source of Measurement" and
+# SCT "Not performed" / "Unknown" describe measurements and procedures, not an algorithm's inputs.
+INPUT_UNAVAILABLE = Code("AIN001", PRIVATE_SCHEME, "Clinical input unavailable")
+INPUT_USED = Code("AIN002", PRIVATE_SCHEME, "Clinical input used")
+# The outcome of the node's own EHR query. HL7's data-absent-reason codes describe one missing value and do not
+# tell "patient not found" from "unreachable" or "timed out"; no DICOM, SNOMED CT or LOINC concept does.
+EHR_STATUS = Code("AIN003", PRIVATE_SCHEME, "EHR query status")
 
 # ClinicalContext.fhir_status values (pipelines/base.py) -> codes.
 FHIR_STATUS_CODES: dict[str, Code] = {
@@ -63,8 +87,9 @@ FHIR_STATUS_CODES: dict[str, Code] = {
 # An input instance of the study the run did not analyse: CODE "Instance not analysed" = the reason, with the IMAGE
 # it is about (INFERRED FROM) and the decoder's words (TEXT). No standard concept says "this image was left out".
 NOT_ANALYSED = Code("AIN030", PRIVATE_SCHEME, "Instance not analysed")
-NOT_ANALYSED_DETAIL = Code("AIN031", PRIVATE_SCHEME, "Reason detail")
-# ExcludedInstance.reason values (pipelines/base.py) -> codes.
+# The decoder's words are free text about the statement above: DCM "Comment" (CID 12101) says exactly that.
+NOT_ANALYSED_DETAIL = codes.DCM.Comment  # (121106, DCM, "Comment")
+# ExcludedInstance.reason values (pipelines/base.py) -> codes. Nothing standard names a DICOM decoding failure.
 EXCLUSION_REASON_CODES: dict[str, Code] = {
     "undecodable": Code("AIN040", PRIVATE_SCHEME, "Pixel data cannot be decoded"),
     "unreadable": Code("AIN041", PRIVATE_SCHEME, "Instance cannot be read"),
@@ -90,10 +115,10 @@ def input_token(code: CodedConcept | Code) -> str:
     """Inverse of :func:`input_code`."""
     if code.scheme_designator == IMAGE.scheme_designator and code.value == IMAGE.value:
         return "image"
+    if code.scheme_designator == NOTES.scheme_designator and code.value == NOTES.value:
+        return "notes"  # before the LOINC lab codes: notes are a LOINC code too
     if code.scheme_designator == "LN":
         return "labs" if code.value == LABS.value else f"labs:{code.value}"
-    if code.scheme_designator == NOTES.scheme_designator and code.value == NOTES.value:
-        return "notes"
     raise ValueError(f"code {code.value}^{code.scheme_designator} is not an input code")
 
 

@@ -1,5 +1,5 @@
 """The IOCM rejection note that marks results an amendment superseded: a Key Object Selection Document titled
-"Rejected for Quality Reasons" (CID 7011) listing the superseded SR and SC overlays.
+"Rejected for Quality Reasons" (CID 7011) listing the superseded SR, SC overlays and presentation states.
 
 An Image Manager that implements IHE IOCM (dcm4chee, most enterprise PACS) hides the listed objects from viewers;
 one that does not (Orthanc) keeps them, and the note in the study says which overlays are no longer current.
@@ -14,6 +14,9 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from node.results import coding
+from node.results.equipment import algorithm_equipment
+from node.results.source_attrs import sanitized
 from node.results.sr import device_observer
 
 # IOCM (IHE RAD TF-1 Ch. 36): the rejection-note title an Image Manager acts on for objects that must not be shown.
@@ -31,7 +34,7 @@ def build_rejection_note(
     series_number: int,
     manufacturer: str,
 ) -> hd.ko.KeyObjectSelectionDocument:
-    """A KOS listing ``superseded`` (datasets of our earlier SR and SCs; pixels not needed)."""
+    """A KOS listing ``superseded`` (datasets of our earlier SR, SCs and GSPS; pixels not needed)."""
     if not superseded:
         raise ValueError("a rejection note needs at least one superseded object")
     observer = device_observer(pipeline, version, manufacturer)
@@ -42,7 +45,8 @@ def build_rejection_note(
         description=f"AI results superseded by amended SR {amended_by}"[:1024],
     )
     return hd.ko.KeyObjectSelectionDocument(
-        evidence=list(superseded),
+        # patient and study come from the first: objects an older version wrote may carry a source's invalid values
+        evidence=[sanitized(ds) for ds in superseded],
         content=content,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -50,4 +54,6 @@ def build_rejection_note(
         instance_number=1,
         manufacturer=manufacturer,
         series_description=f"AI {pipeline} superseded results (rejection note)"[:64],
+        contributing_equipment=[algorithm_equipment(pipeline, version, manufacturer)],
+        coding_schemes=[coding.IHE_SCHEME_ITEM],
     )

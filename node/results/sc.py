@@ -1,8 +1,9 @@
 """Burned-in overlays: one RGB Secondary Capture per source image that has findings, in the original study.
 
-Pixels are windowed to 8 bit through highdicom's pixel transforms, boxes/labels and a "not for diagnostic use" banner
-are drawn with PIL, and the object is a ``highdicom.sc.SCImage``. UIDs come from the caller; nothing here does I/O
-except ``overlay_png``.
+Pixels are windowed to 8 bit through highdicom's pixel transforms (the source's VOI LUT or first window, else the
+robust default of ``voi``; MONOCHROME1 inverted), boxes/labels and a "not for diagnostic use" banner are drawn with
+PIL, and the object is a ``highdicom.sc.SCImage`` that inherits only the source's valid attributes (``source_attrs``).
+UIDs come from the caller; nothing here does I/O except ``overlay_png``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from node.results import coding
+from node.results.anatomy import series_anatomy
+from node.results.equipment import algorithm_equipment
+from node.results.source_attrs import sanitized
+from node.results.voi import has_own_voi, robust_window
 from pipelines.base import Finding, PipelineResult
 
 BANNER_TEXT = "AI result - not for diagnostic use"
@@ -73,6 +79,7 @@ def build_overlays(
                 instance_number=number,
                 manufacturer=manufacturer,
                 software_version=software_version,
+                algorithm=algorithm_equipment(result.pipeline_name, result.pipeline_version, manufacturer),
                 description=(
                     f"AI {result.pipeline_name} {result.pipeline_version} overlay{' amended' if amends else ''}"
                     " - not for diagnostic use"
@@ -85,16 +92,14 @@ def build_overlays(
 def display_frame(source: Dataset, frame_number: int = 1) -> np.ndarray:
     """The frame as a viewer would show it by default, as uint8 MONOCHROME2 (rescale, window, MONOCHROME1 handled).
 
-    Uses the image's own window (first one) when it has one; otherwise a 0.5-99.5 percentile window of the modality
-    values, which is robust to the collimator edges and burned-in markers typical of radiographs.
+    Uses the image's own VOI (its VOI LUT, else its first window) when it has one; otherwise ``voi.robust_window``.
     """
     image = hd.Image.from_dataset(source, copy=True)
     selector: int | hd.VOILUTTransformation = 0
-    if "WindowCenter" not in source and "VOILUTSequence" not in source:
+    if not has_own_voi(source):
         values = image.get_frame(frame_number, apply_voi_transform=False, apply_presentation_lut=False)
-        lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-        hi = max(hi, lo + 1.0)
-        selector = hd.VOILUTTransformation(window_center=(lo + hi) / 2.0, window_width=hi - lo)
+        center, width = robust_window(values)
+        selector = hd.VOILUTTransformation(window_center=center, window_width=width)
     shown = image.get_frame(
         frame_number,
         apply_voi_transform=True,
@@ -158,14 +163,14 @@ def _sc_image(
     instance_number: int,
     manufacturer: str,
     software_version: str,
+    algorithm: hd.ContributingEquipment,
     description: str,
 ) -> hd.sc.SCImage:
-    orientation = tuple(str(v) for v in source.get("PatientOrientation", []) or [])
-    # highdicom accepts only R and L; anything else (empty, or "B" from older modalities) is treated as not stated.
-    laterality = source.get("Laterality") if source.get("Laterality") in ("R", "L") else None
-    spacing = source.get("PixelSpacing")
+    header = sanitized(source)  # an invalid Laterality ("B"), orientation or spacing arrives here empty or absent
+    orientation = tuple(str(v) for v in header.get("PatientOrientation", []) or [])
+    spacing = header.get("PixelSpacing")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,  # patient and study modules: the SC lands in the original study
+        ref_dataset=header,  # patient and study modules: the SC lands in the original study
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
@@ -178,23 +183,19 @@ def _sc_image(
         # Same geometry as the source (we never resample), so its spacing and orientation still hold.
         # from_ref_dataset annotates this as tuple[int, int]; the constructor it forwards to takes floats (mm).
         pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,  # type: ignore[arg-type]
-        laterality=laterality,
         # highdicom requires an orientation for PATIENT; when the source has none (type 2, may be empty) we pass a
         # nominal value and blank it below rather than state an orientation nobody measured.
         patient_orientation=orientation if len(orientation) == 2 else ("L", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=description[:64],
         software_versions=software_version,
+        contributing_equipment=[algorithm],
+        coding_schemes=[coding.IHE_SCHEME_ITEM],
     )
     if len(orientation) != 2:
         sc["PatientOrientation"].value = None
-    # General Series Laterality is 2C: required for a paired body part, absent for an unpaired one. The SC is the
-    # same anatomy as its source, so carry Body Part Examined over (highdicom has no parameter for it) and, where the
-    # source names neither, state laterality as unknown (empty) rather than leave validators to guess.
-    if "BodyPartExamined" in source and source.BodyPartExamined:
-        sc.BodyPartExamined = source.BodyPartExamined
-    elif laterality is None:
-        sc.add_new("Laterality", "CS", None)
+    # The SC is the same anatomy as its source: its body part, and Laterality as General Series' 2C asks.
+    series_anatomy(sc, [header])
     # highdicom's SCImage has no parameter for these; they are single attributes of the General Image module.
     # BurnedInAnnotation YES tells anonymisers and viewers that text is in the pixels.
     sc.BurnedInAnnotation = "YES"

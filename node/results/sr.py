@@ -17,8 +17,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from node.results import coding
+from node.results.anatomy import finding_site, side_of
+from node.results.equipment import algorithm_equipment
+from node.results.source_attrs import sanitized
 from node.results.uids import derived_uid, device_uid
-from pipelines.base import ExcludedInstance, Finding, PipelineResult
+from pipelines.base import CodedClass, ExcludedInstance, Finding, PipelineResult
 
 SUMMARY_TRACKING_ID = "study summary"
 
@@ -40,6 +43,8 @@ class FindingSummary:
     frame_number: int
     inputs_used: tuple[str, ...]
     inputs_missing: tuple[str, ...]
+    finding_site: CodedClass | None = None  # TID 1410 Finding Site, e.g. (816094009, SCT, "Chest")
+    laterality: str = ""  # of the finding site: "R", "L" or "" (not stated)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ def build_sr(
     manufacturer: str,
     software_version: str,
     previous_versions: Sequence[Dataset] = (),
+    anatomy: CodedClass | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """One SR for one pipeline run on one study: a group per finding plus a study-level summary group.
 
@@ -95,6 +101,7 @@ def build_sr(
     ``instances_excluded`` UID must be among them.
     ``previous_versions``: the SR(s) this one amends (a re-run on changed inputs); they go into the Predecessor
     Documents Sequence and the series description says "amended".
+    ``anatomy``: the pipeline's region, the finding site of findings on images whose Body Part Examined is not coded.
     """
     if not sources:
         raise ValueError("build_sr needs the source images (patient/study module and references come from them)")
@@ -115,7 +122,8 @@ def build_sr(
     groups: list[
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = [_summary_group(result, by_uid, algorithm, derived_uid(sop_instance_uid, "summary-group"))]
-    groups.extend(_finding_group(f, algorithm) for f in result.findings)
+    groups.extend(_finding_group(f, algorithm, finding_site(by_uid[f.sop_instance_uid], anatomy))
+                  for f in result.findings)
 
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -123,7 +131,8 @@ def build_sr(
         imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
+        # patient and study are copied from the first: only its valid attributes (source_attrs)
+        evidence=[sanitized(ds) for ds in sources],
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -139,8 +148,9 @@ def build_sr(
             " - not for diagnostic use"
         )[:64],
         software_versions=software_version,
-        coding_schemes=[coding.PRIVATE_SCHEME_ITEM],
+        coding_schemes=[coding.PRIVATE_SCHEME_ITEM, coding.IHE_SCHEME_ITEM],
         previous_versions=list(previous_versions) or None,
+        contributing_equipment=[algorithm_equipment(result.pipeline_name, result.pipeline_version, manufacturer)],
     )
 
 
@@ -155,7 +165,7 @@ def _input_evaluations(name: Code, tokens: Sequence[str]) -> list[hd.sr.Qualitat
 
 
 def _finding_group(
-    finding: Finding, algorithm: hd.sr.AlgorithmIdentification
+    finding: Finding, algorithm: hd.sr.AlgorithmIdentification, site: hd.sr.FindingSite | None
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     box = finding.box
     if not (box.x1 > box.x0 and box.y1 > box.y0):
@@ -182,6 +192,7 @@ def _finding_group(
         referenced_region=region,
         finding_type=coding.FINDING_TYPE,
         algorithm_id=algorithm,
+        finding_sites=[site] if site is not None else None,
         measurements=[
             hd.sr.Measurement(
                 name=coding.PROBABILITY,
@@ -329,6 +340,8 @@ def _read_finding(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -
     finding_type = group.finding_type
     if group.tracking_identifier is None or group.tracking_uid is None:
         raise ValueError("finding group without tracking identifier")
+    sites = group.finding_sites
+    site, side = (sites[0].value, sites[0].laterality) if sites else (None, None)
     return FindingSummary(
         tracking_id=group.tracking_identifier,
         tracking_uid=str(group.tracking_uid),
@@ -349,6 +362,8 @@ def _read_finding(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -
         frame_number=frames[0] if frames else 1,
         inputs_used=_tokens(group, coding.INPUT_USED),
         inputs_missing=_tokens(group, coding.INPUT_UNAVAILABLE),
+        finding_site=CodedClass(site.value, site.scheme_designator, site.meaning) if site is not None else None,
+        laterality=side_of(side),
     )
 
 

@@ -118,12 +118,12 @@ def test_two_associations_5_s_apart_give_one_current_sr_covering_both(
     assert len(superseded) <= 1
     if superseded:
         assert current.predecessors == (superseded[0].sop_instance_uid,) and current.amended
-        # the superseded SR and its overlays are named by a rejection note in the study
+        # the superseded SR, its overlay and its presentation state are named by a rejection note in the study
         notes = results_in_orthanc(pacs, study_uid)["KO"]
         assert len(notes) == 1
         listed = {i.ReferencedSOPInstanceUID for s in notes[0].CurrentRequestedProcedureEvidenceSequence
                   for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
-        assert superseded[0].sop_instance_uid in listed and len(listed) == 2  # the old SR and its one overlay
+        assert superseded[0].sop_instance_uid in listed and len(listed) == 3  # the old SR, its overlay, its GSPS
     print(f"two associations 5 s apart: {len(all_srs)} SR(s) in Orthanc, current covers {len(files)} images")
 
 
@@ -200,10 +200,10 @@ def test_pacs_resending_the_study_with_our_results_reruns_and_sends_nothing(
         first = node.study(study_uid)
         assert first is not None and "reached the expected 2" in first["completed_reason"]
         in_pacs = {i["SOPInstanceUID"] for i in pacs.study_instances(study_uid)}
-        assert len(in_pacs) == 5  # 2 images, our SR, an SC overlay per image
+        assert len(in_pacs) == 6  # 2 images, our SR, an SC overlay per image, one GSPS over both
         runs_before = pipeline.runs
 
-        pacs.send_to_modality("ainode", sorted(ids))  # the whole study again, our SR and SCs included
+        pacs.send_to_modality("ainode", sorted(ids))  # the whole study again, our SR, SCs and GSPS included
         time.sleep(3)
         study = node.study(study_uid)
         assert study is not None and study["state"] == "sent" and study["reopen_count"] == 0
@@ -236,7 +236,8 @@ def test_own_results_stored_when_configured_never_count(tmp_path: Path, pacs: Or
         settle(node, study_uid)
         pacs.send_to_modality("ainode", sorted(ids))
         store = node.store()
-        wait_for(lambda: len(store.study_instances(study_uid, role="own-result")) == 2, 10, "own results stored")
+        wait_for(lambda: len(store.study_instances(study_uid, role="own-result")) == 3, 10,
+                 "own results stored (SR, SC, GSPS)")
         study = store.study(study_uid)
         assert study is not None and study["instance_count"] == 1 and study["state"] == "sent"
         store.close()

@@ -22,6 +22,7 @@ from node.results.sr import read_findings
 from node.store import Store
 from pipelines.cohort import DemoCase, write_demo_study
 
+from dicom_validation import dciodvfy, errors
 from peers import NodeProcess, echoscu, results_in_orthanc, storescu, wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,19 @@ def test_orthanc_routes_demo_study_and_gets_sr_and_sc(
     for sc in found["SC"]:
         assert sc.StudyInstanceUID == case.study_instance_uid
         assert sc.SeriesInstanceUID not in {dcmread(p).SeriesInstanceUID for p in case.files}
+    # one presentation state over the analysed images, its boxes where the SR's findings are, valid as Orthanc keeps it
+    (gsps,) = found["PR"]
+    gsps_file = tmp_path / "gsps.dcm"
+    gsps_file.write_bytes(pacs.instance_file(pacs.find_instance(gsps.SOPInstanceUID) or ""))
+    assert errors(dciodvfy(gsps_file)) == []
+    covered = {i.ReferencedSOPInstanceUID for s in gsps.ReferencedSeriesSequence for i in s.ReferencedImageSequence}
+    assert covered == set(summary.images_analysed)
+    outlines = {g.TrackingUID: g.GraphicData for a in gsps.GraphicAnnotationSequence
+                for g in a.get("GraphicObjectSequence", [])}
+    for f in summary.findings:
+        x0, y0, x1, y1 = f.box
+        assert [float(v) for v in outlines[f.tracking_uid]] == pytest.approx(
+            [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0], abs=1e-3)
     # the PACS knew the study: completion came from its instance count, not from the quiet timer
     study = [s for s in node.api_studies() if s["study_uid"] == case.study_instance_uid][0]
     assert "reached the expected" in study["completed_reason"], study["completed_reason"]

@@ -97,7 +97,7 @@ def test_random_kill_9_loses_nothing_duplicates_nothing_and_leaves_nothing_stuck
                 replaced = {p for s in summaries for p in s.predecessors}
                 current = [s for s in summaries if s.sop_instance_uid not in replaced]
                 duplicates += len(current) - 1
-                ours = {str(ds.SOPInstanceUID) for kind in ("SR", "SC", "KO") for ds in found[kind]}
+                ours = {str(ds.SOPInstanceUID) for kind in ("SR", "SC", "KO", "PR") for ds in found[kind]}
                 assert ours <= written, "an object in the PACS the node has no record of"
             elapsed = time.monotonic() - started
             print(f"kill -9: {ROUNDS} rounds in {elapsed:.0f} s, {len(acknowledged)} acknowledged instances, "

@@ -1,14 +1,15 @@
-"""Shared builders for the results tests: source radiographs, hand-made PipelineResults, and a dciodvfy runner.
+"""Shared builders for the results tests: source radiographs, hand-made PipelineResults, and the dciodvfy checks.
 
-Source images are either synthesised with pydicom (CR, 16-bit, MONOCHROME2, realistic attributes) or the real
-MONOCHROME1 CR "RG3_UNCR.dcm" from the pydicom-data package. Plain functions, used by test_results_sr/_sc.
+Source images are either synthesised with pydicom (CR, 16-bit, MONOCHROME2, realistic attributes; variants with
+MONOCHROME1, a VOI LUT Sequence, or the invalid attributes modalities send) or the real MONOCHROME1 CR
+"RG3_UNCR.dcm" from the pydicom-data package. Plain functions, used by the test_results_* modules.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -16,9 +17,17 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from dicom_validation import (  # noqa: F401  (re-exported: the results tests import them from here)
+    DICOMDIR_GAPS,
+    LATERALITY_UNKNOWN,
+    assert_valid,
+    dciodvfy,
+    errors,
+    unexpected_warnings,
+)
+from node.results.uids import device_uid
 from pipelines.base import CodedClass, Finding, PipelineResult, PixelBox
 
-DCIODVFY = "/usr/bin/dciodvfy"
 MALIGNANT = CodedClass("21594007", "SCT", "Malignant")
 BENIGN = CodedClass("30807003", "SCT", "Benign")
 STUDY_UID = "1.2.826.0.1.3680043.8.498.11"
@@ -83,6 +92,73 @@ def synthetic_cr(
     return ds
 
 
+def mono1_cr(sop_uid: str, **kwargs: Any) -> Dataset:
+    """``synthetic_cr`` stored as MONOCHROME1: the same picture (bright blob on a gradient), inverted stored values."""
+    ds = synthetic_cr(sop_uid, **kwargs)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.PixelData = (4095 - ds.pixel_array).astype(np.uint16).tobytes()
+    if "WindowCenter" in ds:
+        ds.WindowCenter = 4095 - float(ds.WindowCenter)
+    return ds
+
+
+# The VOI LUT of ``voi_lut_cr``: linear from stored 0 to 2000, saturated (white) from there on.
+VOI_LUT_KNEE = 2000
+
+
+def voi_lut_cr(sop_uid: str, **kwargs: Any) -> Dataset:
+    """``synthetic_cr`` whose only VOI is a VOI LUT Sequence (no window): what some CR/DX plates send."""
+    ds = synthetic_cr(sop_uid, window=False, **kwargs)
+    lut = np.clip(np.arange(4096) * 65535.0 / VOI_LUT_KNEE, 0, 65535).astype("<u2")
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTExplanation = "knee at 2000"
+    item.add_new("LUTData", "OW", lut.tobytes())
+    ds.VOILUTSequence = [item]
+    return ds
+
+
+# What modalities send that no validator accepts: each must not make our objects invalid. Values are made up.
+INVALID_ATTRIBUTES: dict[str, object] = {
+    "StudyDate": "2020-13-45",
+    "PatientSex": "Male",
+    "AccessionNumber": "ACC-0042-0042-0042",  # 18 characters, SH allows 16
+    "PatientName": "D" * 65 + "^Jane",  # a component longer than 64
+    "StudyID": "STUDY-ID-0000000042",  # 19 characters
+    "ReferringPhysicianName": "R" * 70,
+    "StudyTime": "25:99",
+    "PatientBirthDate": "19641301",
+    "Laterality": "B",  # valid CS, but General Series Laterality is R or L
+    "PatientOrientation": ["L", "F", "A"],  # VM 2
+    "PixelSpacing": [0.2],  # VM 2
+    "BodyPartExamined": "chest",  # CS is upper case
+}
+
+
+def invalid_cr(sop_uid: str, **overrides: object) -> Dataset:
+    """``synthetic_cr`` carrying ``INVALID_ATTRIBUTES`` (or ``overrides`` of them)."""
+    ds = synthetic_cr(sop_uid)
+    with warnings.catch_warnings():  # pydicom warns on assignment; these values are invalid on purpose
+        warnings.simplefilter("ignore")
+        for keyword, value in {**INVALID_ATTRIBUTES, **overrides}.items():
+            setattr(ds, keyword, value)
+    return ds
+
+
+def assert_algorithm_equipment(ds: Dataset) -> None:
+    """The object names our algorithm the way IHE AI Results asks (Contributing Equipment, "Processing Algorithm")."""
+    items = [i for i in ds.ContributingEquipmentSequence
+             if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+    assert len(items) == 1, ds.ContributingEquipmentSequence
+    (item,) = items
+    purpose = item.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodingSchemeDesignator, purpose.CodeMeaning) == ("99IHE", "Processing Algorithm")
+    assert item.Manufacturer == "dicom-ai-node"
+    assert item.ManufacturerModelName == f"{PIPELINE} {VERSION}" and item.SoftwareVersions == VERSION
+    assert item.DeviceUID == device_uid(PIPELINE, VERSION)
+    assert "99IHE" in {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
+
+
 def real_cr() -> Dataset:
     """RG3_UNCR.dcm: a real Fuji CR of a tibia, MONOCHROME1, 10 of 16 bits, 1760x1760, with a window."""
     path = get_testdata_file("RG3_UNCR.dcm")
@@ -132,17 +208,6 @@ def result(
         fhir_status=fhir_status,
         device="cpu",
     )
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's output lines; the caller asserts none starts with "Error"."""
-    assert shutil.which(DCIODVFY), "dciodvfy missing: deploy/setup.sh installs it (apt-get install dicom3tools)"
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
-    return (proc.stdout + proc.stderr).splitlines()
-
-
-def errors(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.startswith("Error")]
 
 
 def test_synthetic_cr_is_itself_valid(tmp_path: Path) -> None:

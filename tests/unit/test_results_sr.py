@@ -11,13 +11,15 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 from test_results_common import (
     BENIGN,
+    DICOMDIR_GAPS,
     MALIGNANT,
     PIPELINE,
     STUDY_UID,
     VERSION,
-    dciodvfy,
-    errors,
+    assert_algorithm_equipment,
+    assert_valid,
     finding,
+    invalid_cr,
     real_cr,
     result,
     synthetic_cr,
@@ -27,6 +29,7 @@ from node.results import coding
 from node.results.sr import build_sr, read_findings
 from node.results.uids import device_uid, input_digest, result_uid
 from pipelines.base import ExcludedInstance, PipelineResult, PixelBox
+from pipelines.specs import RADIOGRAPH_LESION_REQUIREMENTS
 
 
 @pytest.fixture
@@ -57,11 +60,7 @@ def _write(r: PipelineResult, sources: list[Dataset], path: Path) -> hd.sr.Compr
 
 
 def _assert_valid(path: Path) -> None:
-    lines = dciodvfy(path)
-    assert errors(lines) == [], "\n".join(lines)
-    # The only warnings we accept are dciodvfy not knowing our (declared) private coding scheme.
-    unexpected = [w for w in lines if w.startswith("Warning") and coding.PRIVATE_SCHEME not in w]
-    assert unexpected == [], "\n".join(unexpected)
+    assert_valid(path)
 
 
 def test_sr_with_findings_round_trips(tmp_path: Path, sources: list[Dataset]) -> None:
@@ -245,3 +244,51 @@ def test_rejects_what_it_cannot_state_truthfully(sources: list[Dataset]) -> None
     not_a_source = (ExcludedInstance("1.2.3.999", "undecodable"),)
     with pytest.raises(ValueError, match="not among the sources"):
         build(PipelineResult(**{**result(sources, ()).__dict__, "instances_excluded": not_a_source}), sources)
+
+
+def test_finding_site_comes_from_body_part_else_from_the_pipeline(tmp_path: Path) -> None:
+    chest = synthetic_cr(f"{STUDY_UID}.1.1")  # Body Part Examined CHEST (unpaired)
+    femur = synthetic_cr(f"{STUDY_UID}.1.2", instance_number=2)
+    femur.BodyPartExamined, femur.Laterality = "FEMUR", "L"  # paired: the side is stated
+    unknown = synthetic_cr(f"{STUDY_UID}.1.3", instance_number=3)
+    del unknown.BodyPartExamined  # nothing to map: the pipeline's declared region is the site
+    sources = [chest, femur, unknown]
+    findings = tuple(finding(s, n, PixelBox(10, 20, 30, 40)) for n, s in enumerate(sources, start=1))
+    uids = _uids(result(sources, findings), STUDY_UID)
+    sr = build_sr(result(sources, findings), sources, series_instance_uid=uids["sr-series"],
+                  sop_instance_uid=uids["sr"], series_number=9001, manufacturer="dicom-ai-node",
+                  software_version="0.1.0", anatomy=RADIOGRAPH_LESION_REQUIREMENTS.anatomy)
+    path = tmp_path / "sr-sites.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    _assert_valid(path)
+    by_id = {f.tracking_id: f for f in read_findings(dcmread(path)).findings}
+    site = {k: (f.finding_site.value, f.finding_site.meaning, f.laterality) for k, f in by_id.items()
+            if f.finding_site is not None}
+    # PS3.16 Annex L: CHEST -> (816094009, SCT, "Chest"), FEMUR -> (71341001, SCT, "Femur"); both in CID 4031
+    assert site == {
+        "lesion 1": (codes.SCT.Chest.value, "Chest", ""),
+        "lesion 2": (codes.SCT.Femur.value, "Femur", "L"),
+        "lesion 3": (codes.SCT.Extremity.value, "Extremity", ""),
+    }
+    report = hd.sr.srread(path).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    group = report.get_planar_roi_measurement_groups(referenced_sop_instance_uid=str(femur.SOPInstanceUID))[0]
+    (finding_site,) = group.finding_sites
+    assert finding_site.laterality == codes.SCT.Left
+
+
+def test_sr_names_the_algorithm_as_contributing_equipment(tmp_path: Path, sources: list[Dataset]) -> None:
+    path = tmp_path / "sr.dcm"
+    _write(result(sources, (finding(sources[0], 1, PixelBox(10, 20, 30, 40)),)), sources, path)
+    assert_algorithm_equipment(dcmread(path))
+
+
+def test_sr_of_a_source_with_invalid_attributes_is_valid(tmp_path: Path) -> None:
+    source = invalid_cr(f"{STUDY_UID}.1.1")
+    path = tmp_path / "sr-invalid-source.dcm"
+    _write(result([source], (finding(source, 1, PixelBox(10, 20, 30, 40)),)), [source], path)
+    assert_valid(path, DICOMDIR_GAPS)  # Study Date, Time and ID were invalid: emptied
+    sr = dcmread(path)
+    assert sr.StudyInstanceUID == STUDY_UID and sr.PatientID == source.PatientID  # still the same study
+    assert sr.StudyDate in (None, "") and sr.PatientSex in (None, "") and sr.AccessionNumber in (None, "")
+    assert read_findings(sr).findings[0].box == pytest.approx((10, 20, 30, 40))

@@ -1,4 +1,4 @@
-"""Worker: a claimed job becomes an SR + SCs on disk and outbox items, with timings; a replay after a crash
+"""Worker: a claimed job becomes an SR + SCs + a GSPS on disk and outbox items, with timings; a replay after a crash
 yields byte-identical UIDs (so the PACS keeps one copy); a failing pipeline is retried, then failed; a pipeline past
 its budget fails with "deadline exceeded" and the worker takes the next job; an EHR past its budget gives image-only
 results coded "timeout"; an undecodable input is left out with its reason and the rest is analysed.
@@ -49,7 +49,7 @@ def received(tmp_path: Path, n_images: int = 2, with_pacs: bool = True, more: tu
     return store, s, study_uid
 
 
-def test_job_writes_sr_and_sc_and_queues_them(tmp_path: Path) -> None:
+def test_job_writes_sr_sc_and_gsps_and_queues_them(tmp_path: Path) -> None:
     store, s, study_uid = received(tmp_path)
     pipeline = FakePipeline()
     worker = Worker(store, s, lambda name: pipeline, owner="w")  # type: ignore[arg-type]
@@ -59,14 +59,27 @@ def test_job_writes_sr_and_sc_and_queues_them(tmp_path: Path) -> None:
     assert job["state"] == "sending" and job["n_findings"] == 2 and job["fhir_status"] == "unreachable"
     assert set(json.loads(job["timings"])) >= {"fhir_s", "inference_s", "results_s", "total_s"}
     items = store.outbox_items()
-    assert [i["state"] for i in items] == ["pending"] * 3
-    kinds = sorted(dcmread(i["path"]).Modality for i in items)
-    assert kinds[-1] == "SR" and len(kinds) == 3
-    sr = dcmread([i["path"] for i in items if dcmread(i["path"]).Modality == "SR"][0])
+    assert [i["state"] for i in items] == ["pending"] * 4
+    by_modality: dict[str, list[Dataset]] = {}
+    for item in items:
+        ds = dcmread(item["path"])
+        by_modality.setdefault(str(ds.Modality), []).append(ds)
+    assert {m: len(v) for m, v in by_modality.items()} == {"SR": 1, "OT": 2, "PR": 1}
+    sr = by_modality["SR"][0]
     summary = read_findings(sr)
     assert len(summary.findings) == 2 and {"labs", "notes"} <= set(summary.inputs_missing)
     assert sr.StudyInstanceUID == study_uid
-    assert Path(items[1]["path"]).with_suffix(".png").exists()
+    # the finding site comes from the images' Body Part Examined (FEMUR), not the pipeline's fallback
+    assert {f.finding_site.meaning for f in summary.findings if f.finding_site} == {"Femur"}
+    assert all(Path(i["path"]).with_suffix(".png").exists() for i in items if "sc-" in Path(i["path"]).name)
+    # one presentation state over both analysed images, each with its finding's box
+    (gsps,) = by_modality["PR"]
+    gsps_path = [Path(i["path"]) for i in items if dcmread(i["path"]).Modality == "PR"][0]
+    assert gsps_path.name == "gsps.dcm" and errors(dciodvfy(gsps_path)) == []
+    assert gsps.StudyInstanceUID == study_uid and gsps.SeriesNumber == 9904
+    annotated = {a.ReferencedImageSequence[0].ReferencedSOPInstanceUID for a in gsps.GraphicAnnotationSequence
+                 if "GraphicObjectSequence" in a}
+    assert annotated == set(summary.images_analysed) == {f.sop_instance_uid for f in summary.findings}
 
 
 def test_replay_after_crash_reuses_every_uid(tmp_path: Path) -> None:
@@ -79,8 +92,8 @@ def test_replay_after_crash_reuses_every_uid(tmp_path: Path) -> None:
     store.db.execute("UPDATE jobs SET state = 'running', lease_until = 0, current_run_id = NULL")
     Worker(store, s, lambda name: FakePipeline(), owner="w2").run_once()  # type: ignore[arg-type]
     second = sorted(r["sop_instance_uid"] for r in store.db.query("SELECT * FROM results"))
-    assert first == second and len(first) == 3
-    assert len(store.outbox_items()) == 3
+    assert first == second and len(first) == 4
+    assert len(store.outbox_items()) == 4
 
 
 def test_without_pacs_results_stay_local_and_job_is_done(tmp_path: Path) -> None:
@@ -107,7 +120,7 @@ def test_failing_pipeline_is_retried_then_failed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("n_images", [1])
-def test_nothing_found_gives_sr_without_sc(tmp_path: Path, n_images: int) -> None:
+def test_nothing_found_gives_sr_and_gsps_without_sc(tmp_path: Path, n_images: int) -> None:
     class Blind(FakePipeline):
         def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
             r = super().run(study, context)
@@ -116,9 +129,12 @@ def test_nothing_found_gives_sr_without_sc(tmp_path: Path, n_images: int) -> Non
     store, s, study_uid = received(tmp_path, n_images=n_images)
     Worker(store, s, lambda name: Blind(), owner="w").run_once()  # type: ignore[arg-type]
     items = store.outbox_items()
-    assert len(items) == 1
-    summary = read_findings(dcmread(items[0]["path"]))
+    by_modality = {str(dcmread(i["path"]).Modality): dcmread(i["path"]) for i in items}
+    assert len(items) == 2 and set(by_modality) == {"SR", "PR"}
+    summary = read_findings(by_modality["SR"])
     assert summary.nothing_found and summary.findings == ()
+    texts = [t.UnformattedTextValue for a in by_modality["PR"].GraphicAnnotationSequence for t in a.TextObjectSequence]
+    assert "AI: no lesion found" in texts
 
 
 def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_path: Path) -> None:
@@ -135,7 +151,7 @@ def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_
     assert store.complete_study(study_uid, "test", [JobPlan("fake-bright", "1.0", (sop,), force=True)])
     runs_before = pipeline.runs
     worker.run_once()
-    assert pipeline.runs == runs_before and len(store.outbox_items()) == 2
+    assert pipeline.runs == runs_before and len(store.outbox_items()) == 3
     assert store.jobs(study_uid)[0]["state"] == "sent"
     # new content under the same UID (policy replace): inputs changed, the new SR amends the first
     store.db.execute("UPDATE instances SET digest = 'replaced'")
@@ -150,14 +166,15 @@ def test_changed_inputs_give_an_amending_sr_and_unchanged_ones_send_nothing(tmp_
     assert "amended" in sr.SeriesDescription
     states = [r["state"] for r in store.runs(job["job_id"])]
     assert states == ["superseded", "unchanged", "sending"]
-    # the superseded SR and overlay are listed in an IOCM rejection note sent with the amendment
+    # the superseded SR, overlay and presentation state are listed in an IOCM rejection note sent with the amendment
     first_run = store.runs(job["job_id"])[0]["run_id"]
     old = {r["sop_instance_uid"] for r in store.results_of_run(first_run)}
     ko_path = [r["path"] for r in store.results_of_run(job["current_run_id"]) if r["kind"] == "ko"][0]
     ko = dcmread(ko_path)
     listed = {i.ReferencedSOPInstanceUID for s in ko.CurrentRequestedProcedureEvidenceSequence
               for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
-    assert listed == old and len(old) == 2
+    assert listed == old and len(old) == 3
+    assert {r["kind"] for r in store.results_of_run(first_run)} == {"sr", "sc", "gsps"}
     assert ko.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
     from test_results_common import dciodvfy, errors
     assert errors(dciodvfy(Path(ko_path))) == []
@@ -170,7 +187,7 @@ def test_research_export_is_deidentified_consistently_and_audited(tmp_path: Path
     Worker(store, s, lambda name: FakePipeline(), owner="w").run_once()  # type: ignore[arg-type]
     out = tmp_path / "export"
     summary = export_study(store, study_uid, out, seed="test")
-    assert summary.instances == 2 and summary.results == 3
+    assert summary.instances == 2 and summary.results == 4
     files = sorted(out.glob("*.dcm"))
     for path in files:
         raw = path.read_bytes()
@@ -221,7 +238,15 @@ def test_an_undecodable_instance_is_left_out_and_the_rest_analysed(tmp_path: Pat
     assert errors(dciodvfy(path)) == []
     run = store.run(job["current_run_id"])
     assert run is not None and f"not analysed: 1 instance(s): {bad.SOPInstanceUID} undecodable" in run["detail"]
-    assert len(store.outbox_items()) == 4  # the SR and an overlay per analysed image
+    # the SR, an overlay per analysed image, and a GSPS per image size: the 1760x1760 J2K CR cannot share one
+    # presentation state (one displayed area) with the 64x64 ones
+    items = store.outbox_items()
+    assert len(items) == 6
+    states = sorted(Path(i["path"]).name for i in items if Path(i["path"]).name.startswith("gsps"))
+    assert states == ["gsps-2.dcm", "gsps.dcm"]
+    covered = [{r.ReferencedSOPInstanceUID for series in dcmread(path.parent / name).ReferencedSeriesSequence
+                for r in series.ReferencedImageSequence} for name in states]
+    assert sorted(map(len, covered)) == [1, 2] and set().union(*covered) == set(summary.images_analysed)
 
 
 def test_an_unreadable_instance_is_named_by_its_indexed_uids(tmp_path: Path) -> None:
@@ -327,3 +352,28 @@ def test_a_result_write_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypat
     with pytest.raises(OSError):
         _write_dataset(cr_dataset("w", 1), tmp_path / "out" / "sr.dcm")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sources_with_invalid_attributes_still_give_valid_results(tmp_path: Path) -> None:
+    import warnings
+
+    from test_results_common import INVALID_ATTRIBUTES
+
+    bad = []
+    for n in (1, 2):
+        ds = cr_dataset("study-bad", n)
+        with warnings.catch_warnings():  # invalid on purpose: what some modalities send
+            warnings.simplefilter("ignore")
+            for keyword, value in INVALID_ATTRIBUTES.items():
+                setattr(ds, keyword, value)
+        bad.append(ds)
+    store, s, study_uid = received(tmp_path, n_images=0, more=tuple(bad), study="study-bad")
+    Worker(store, s, lambda name: FakePipeline(), owner="w").run_once()  # type: ignore[arg-type]
+    job = store.jobs(study_uid)[0]
+    assert job["state"] == "sending", job
+    rows = store.results_of_run(job["current_run_id"])
+    assert sorted(r["kind"] for r in rows) == ["gsps", "sc", "sc", "sr"]
+    for row in rows:  # read from disk, as the outbox sends them
+        assert errors(dciodvfy(Path(row["path"]))) == [], row["kind"]
+        ds = dcmread(row["path"])
+        assert ds.StudyInstanceUID == study_uid and ds.StudyDate in (None, "") and ds.PatientSex in (None, "")
