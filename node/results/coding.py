@@ -41,6 +41,10 @@ PRESENT = codes.SCT.Present  # (52101004, SCT, "Present")
 ABSENT = codes.SCT.Absent  # (272519000, SCT, "Absent")
 # "labs" as a whole (e.g. EHR unreachable): LOINC's section code for laboratory data.
 LABS = codes.LN.RelevantDiagnosticTestsAndOrLaboratoryData  # (30954-2, LN)
+# TID 1500 row 10, the report-level container of study-level statements (presence, EHR status, missing inputs,
+# instances not analysed); not in pydicom's codedict. Measurement groups would be wrong for them: a group without a
+# region is something viewers try to draw (OHIF 3 fails on it), and TID 1500 asks only for one of rows 6, 8 or 10.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 # --- project-private codes (no standard concept states "this clinical input was not available to the AI") -----
 INPUT_UNAVAILABLE = Code("AIN001", PRIVATE_SCHEME, "Clinical input unavailable")
