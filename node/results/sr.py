@@ -239,9 +239,11 @@ def _measurement_report(
     highdicom's MeasurementReport builds rows 1 to 7 only, and insists on at least one measurement group, where
     TID 1500 asks for at least one of rows 6, 8 and 10 (a no-findings report has nothing to put in row 6). So the
     root is put together here from highdicom's content items, in MeasurementReport's own order, and read back as
-    its MeasurementReport.
+    its MeasurementReport. A report without measurements is not titled "Imaging Measurement Report" (see
+    ``coding.NOTHING_MEASURED_TITLE``).
     """
-    root = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    title = codes.cid7021.ImagingMeasurementReport if groups else coding.NOTHING_MEASURED_TITLE
+    root = hd.sr.ContainerContentItem(name=title, template_id="1500")
     content: list[hd.sr.ContentItem] = [
         *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
         *observation_context,

@@ -141,6 +141,7 @@ def test_sr_structure_uses_the_standard_templates(tmp_path: Path, sources: list[
     _write(r, sources, path)
     report = hd.sr.srread(path).content
     assert isinstance(report, hd.sr.MeasurementReport)
+    assert report[0].name == codes.cid7021.ImagingMeasurementReport
 
     (device,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
     attrs = device.observer_identifying_attributes
@@ -191,8 +192,11 @@ def test_no_findings_sr_says_nothing_found_and_what_was_missing(tmp_path: Path, 
     report = hd.sr.srread(path).content
     assert isinstance(report, hd.sr.MeasurementReport)
     # No findings: no Imaging Measurements container at all, only the study-level statements (TID 1500 asks for
-    # one of the two); "lesion absent" names the algorithm, its threshold and the images it was inferred from.
+    # one of the two), and no "Imaging Measurement Report" title (OHIF 3's measurement viewport fails on one without
+    # measurements); "lesion absent" names the algorithm, its threshold and the images it was inferred from.
     assert hd.sr.utils.find_content_items(report[0], name=codes.DCM.ImagingMeasurements) == []
+    assert report[0].name == coding.NOTHING_MEASURED_TITLE
+    assert report[0].ContentTemplateSequence[0].TemplateIdentifier == "1500"
     _assert_every_group_has_a_region(report)
     presence = _presence(report)
     assert presence.value == codes.SCT.Absent
