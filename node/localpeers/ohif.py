@@ -88,6 +88,10 @@ def app_config(data_source_name: str = DATA_SOURCE_NAME) -> str:
         "  source.qidoRoot = root;\n"
         "  source.wadoRoot = root;\n"
         "})(window.config.dataSources[0].configuration);\n"
+        # OHIF calls this on every failed image load and throws "handler is not a function" when it is missing.
+        "window.config.httpErrorHandler = function (error) {\n"
+        "  console.error('image or DICOMweb request failed:', error && (error.status || error.message || error));\n"
+        "};\n"
     )
 
 
