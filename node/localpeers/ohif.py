@@ -124,7 +124,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=True)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._send(405, b"read-only viewer: only GET and HEAD\n", "text/plain", head=False, extra={"Allow": "GET, HEAD"})
+        # The body is not read, so the connection cannot carry another request.
+        self.close_connection = True
+        self._send(405, b"read-only viewer: only GET and HEAD\n", "text/plain", head=False,
+                   extra={"Allow": "GET, HEAD", "Connection": "close"})
 
     do_PUT = do_DELETE = do_POST  # noqa: N815
 
