@@ -162,11 +162,11 @@ def _finding_groups(
     """Two TID 1410 groups about one finding, the same box and Tracking Unique Identifier in both: what was found
     (class, inputs), then the numbers (probability, detector score).
 
-    One group would say it all, but OHIF 3 can then only show it: its measurement tracking (the cornerstone SR
-    adapters) reads the geometry of a group that has NUMs from under its first NUM, where TID 1410 has it (and
-    highdicom only allows it) on the group. A group without NUMs is tracked from its own region. Viewers merge
-    groups by Tracking Unique Identifier (TID 1500's way of saying "the same finding"), so the box is drawn once,
-    labelled with the numbers.
+    One group would say it all, but OHIF 3 could then show the finding and not track it: its measurement tracking
+    (the cornerstone SR adapters) reads the geometry of a group that has NUMs from under its first NUM, where TID
+    1410 has it (and highdicom only allows it) on the group. A group without NUMs is tracked from its own region.
+    Viewers merge groups by Tracking Unique Identifier (TID 1500's way of saying "the same finding"), so the box
+    is drawn once, labelled with the numbers.
     """
     box = finding.box
     if not (box.x1 > box.x0 and box.y1 > box.y0):
