@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the node, the demo and the tests need on Debian 12 (as root), idempotently:
-# Orthanc + DICOMweb plugin, dcmtk, dicom3tools (apt); the FHIR engine and Node 22 (npm); the venv .venv (pip).
+# Orthanc + DICOMweb plugin, dcmtk, dicom3tools, Chromium (apt); the FHIR engine and Node 22, the OHIF viewer (npm);
+# the venv .venv (pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages="orthanc orthanc-dicomweb dcmtk dicom3tools"
+# chromium: the browser the viewer tests drive through Playwright (Playwright's own browser download is not used).
+apt_packages="orthanc orthanc-dicomweb dcmtk dicom3tools chromium"
 missing=""
 for p in $apt_packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -20,6 +22,13 @@ if ! cmp -s deploy/fhir/package-lock.json "$stamp"; then
   echo "setup: npm ci (Medplum FHIR engine 5.2.13, Node 22)"
   npm ci --prefix deploy/fhir --no-audit --no-fund --loglevel=error
   cp deploy/fhir/package-lock.json "$stamp"
+fi
+# OHIF Viewer 3's prebuilt bundle, for the demo and tests/viewer; --ignore-scripts: only its dist/ is used.
+stamp=deploy/viewer/node_modules/.installed-from-lock
+if ! cmp -s deploy/viewer/package-lock.json "$stamp"; then
+  echo "setup: npm ci (OHIF Viewer @ohif/app 3.13.2)"
+  npm ci --prefix deploy/viewer --ignore-scripts --no-audit --no-fund --loglevel=error
+  cp deploy/viewer/package-lock.json "$stamp"
 fi
 
 if [ ! -x .venv/bin/python ]; then

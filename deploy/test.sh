@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: install everything, type-check, then run every test (unit and integration).
+# The README's test command: install everything, type-check, then run every test (unit, integration, reliability,
+# security, and the viewer tests, which drive OHIF in the Chromium that setup.sh installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh

@@ -16,6 +16,7 @@ from pydicom import dcmread
 
 from node.config import parse_settings
 from node.localpeers.fhir import FhirEngine
+from node.localpeers.ohif import OHIF_DIST, OhifViewer
 from node.localpeers.orthanc import Orthanc, free_port
 from node.results.sc import overlay_png
 from node.results.sr import read_findings
@@ -112,6 +113,8 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
         )
         node = Node(settings)
         node.start()
+        # OHIF Viewer 3 on Orthanc's DICOMweb, where the SR draws its boxes (when deploy/viewer is installed).
+        viewer = OhifViewer(f"{pacs.url}/dicom-web").start() if (OHIF_DIST / "index.html").is_file() else None
         try:
             print(f"Orthanc (PACS): {pacs.url}/app/explorer.html  DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}")
             print(f"FHIR engine:    {fhir.base_url}")
@@ -126,6 +129,11 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
             state = study["state"] if study else "not received"
             print(f"study {state} after {time.monotonic() - t0:.1f} s")
             sr_found, n_sc = _report(node, pacs, case.study_instance_uid, workdir)
+            if viewer is not None:
+                print(f"\nOHIF Viewer (double-click the SR's thumbnail to see the boxes):\n"
+                      f"  {viewer.study_url(case.study_instance_uid)}")
+            else:
+                print(f"\nOHIF Viewer not installed ({OHIF_DIST}): npm ci --prefix deploy/viewer")
             truth = ", ".join(f"{label} at ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})" for b, label in case.truth)
             print(f"\nsynthetic ground truth (for comparison): {truth}")
             ok = state == "sent" and sr_found and n_sc >= 1
@@ -140,4 +148,6 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
         except KeyboardInterrupt:
             return 0
         finally:
+            if viewer is not None:
+                viewer.stop()
             node.stop()

@@ -42,6 +42,14 @@ PRESENT = codes.SCT.Present  # (52101004, SCT, "Present")
 ABSENT = codes.SCT.Absent  # (272519000, SCT, "Absent")
 # "labs" as a whole (e.g. EHR unreachable): LOINC's section code for laboratory data.
 LABS = codes.LN.RelevantDiagnosticTestsAndOrLaboratoryData  # (30954-2, LN)
+# TID 1500 row 10, the report-level container of study-level statements (presence, EHR status, missing inputs,
+# instances not analysed); not in pydicom's codedict. Measurement groups would be wrong for them: a group without a
+# region is something viewers try to draw (OHIF 3 fails on it), and TID 1500 asks only for one of rows 6, 8 or 10.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+# Document title of a report with nothing measured (no findings). TID 1500's titles (CID 7021, extensible) all say
+# "Measurement Report", and OHIF 3 opens a 126000 "Imaging Measurement Report" in its measurement viewport, which
+# fails on one without measurements; any other title it shows as text, which is what "nothing found" is best read as.
+NOTHING_MEASURED_TITLE = codes.LN.DiagnosticImagingReport  # (18748-4, LN, "Diagnostic Imaging Report"), CID 7000
 
 # Free-text EHR notes: the node reads every plain-text DocumentReference, whatever its type, so the generic LOINC
 # document type "Note" (34109-9, LOINC Document Ontology; the default type of FHIR note writers) names what it read.

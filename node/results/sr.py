@@ -1,7 +1,10 @@
 """A pipeline's result as one TID 1500 Comprehensive 3D SR in the original study, and reading such an SR back.
 
-Everything is built with highdicom's template classes; this module only maps Findings onto them. It does not pick
-UIDs (the caller passes deterministic ones from ``uids``), touch the network, or render pixels (that is ``sc``).
+Everything is built with highdicom's template and content item classes; this module only maps Findings onto them.
+It does not pick UIDs (the caller passes deterministic ones from ``uids``), touch the network, or render pixels
+(that is ``sc``). The layout is one SR viewers draw and track (OHIF 3 among them, tests/viewer): TID 1410 groups with
+the box for each finding, and every study-level statement in the report-level Qualitative Evaluations container,
+never in a group without a region.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Sequence
 
 import highdicom as hd
 import numpy as np
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -20,10 +24,13 @@ from node.results import coding
 from node.results.anatomy import finding_site, side_of
 from node.results.equipment import algorithm_equipment
 from node.results.source_attrs import sanitized
-from node.results.uids import derived_uid, device_uid
+from node.results.uids import device_uid
 from pipelines.base import CodedClass, ExcludedInstance, Finding, PipelineResult
 
-SUMMARY_TRACKING_ID = "study summary"
+_CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
+_HAS_CONCEPT_MOD = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+_HAS_PROPERTIES = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+_INFERRED_FROM = hd.sr.RelationshipTypeValues.INFERRED_FROM
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ def build_sr(
     previous_versions: Sequence[Dataset] = (),
     anatomy: CodedClass | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """One SR for one pipeline run on one study: a group per finding plus a study-level summary group.
+    """One SR for one pipeline run on one study: the TID 1410 groups of each finding, and the study-level statements.
 
     ``sources`` are the analysed images (pixel data not needed), then the excluded ones; patient and study come
     from the first, so the SR lands in the original study. Every finding, every ``images_analysed`` and every
@@ -119,16 +126,11 @@ def build_sr(
         parameters=[f"detection_threshold={result.detection_threshold:g}"],
     )
     observer = device_observer(result.pipeline_name, result.pipeline_version, manufacturer)
-    groups: list[
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = [_summary_group(result, by_uid, algorithm, derived_uid(sop_instance_uid, "summary-group"))]
-    groups.extend(_finding_group(f, algorithm, finding_site(by_uid[f.sop_instance_uid], anatomy))
-                  for f in result.findings)
-
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=coding.PROCEDURE_REPORTED,
-        imaging_measurements=groups,
+    report = _measurement_report(
+        hd.sr.ObservationContext(observer_device_context=observer),
+        [group for f in result.findings
+         for group in _finding_groups(f, algorithm, finding_site(by_uid[f.sop_instance_uid], anatomy))],
+        _study_evaluations(result, by_uid, algorithm),
     )
     return hd.sr.Comprehensive3DSR(
         # patient and study are copied from the first: only its valid attributes (source_attrs)
@@ -164,9 +166,18 @@ def _input_evaluations(name: Code, tokens: Sequence[str]) -> list[hd.sr.Qualitat
     return [hd.sr.QualitativeEvaluation(name=name, value=coding.input_code(t)) for t in tokens]
 
 
-def _finding_group(
+def _finding_groups(
     finding: Finding, algorithm: hd.sr.AlgorithmIdentification, site: hd.sr.FindingSite | None
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """Two TID 1410 groups about one finding, the same box and Tracking Unique Identifier in both: what was found
+    (class, inputs), then the numbers (probability, detector score).
+
+    One group would say it all, but OHIF 3 could then show the finding and not track it: its measurement tracking
+    (the cornerstone SR adapters) reads the geometry of a group that has NUMs from under its first NUM, where TID
+    1410 has it (and highdicom only allows it) on the group. A group without NUMs is tracked from its own region.
+    Viewers merge groups by Tracking Unique Identifier (TID 1500's way of saying "the same finding"), so the box
+    is drawn once, labelled with the numbers.
+    """
     box = finding.box
     if not (box.x1 > box.x0 and box.y1 > box.y0):
         raise ValueError(f"{finding.tracking_id}: degenerate box {box}")
@@ -187,77 +198,126 @@ def _finding_group(
         ),
     )
     cls = finding.class_code
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id),
-        referenced_region=region,
-        finding_type=coding.FINDING_TYPE,
-        algorithm_id=algorithm,
-        finding_sites=[site] if site is not None else None,
-        measurements=[
-            hd.sr.Measurement(
-                name=coding.PROBABILITY,
-                value=_unit_interval("probability", finding.probability),
-                unit=coding.UNITLESS,
-            ),
-            hd.sr.Measurement(
-                name=coding.DETECTION_SCORE,
-                value=_unit_interval("detection_score", finding.detection_score),
-                unit=coding.UNITLESS,
-            ),
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=coding.CLASSIFICATION,
-                value=hd.sr.CodedConcept(value=cls.value, scheme_designator=cls.scheme_designator, meaning=cls.meaning),
-            ),
-            *_input_evaluations(coding.INPUT_USED, finding.inputs_used),
-            *_input_evaluations(coding.INPUT_UNAVAILABLE, finding.inputs_missing),
-        ],
+    class_concept = hd.sr.CodedConcept(value=cls.value, scheme_designator=cls.scheme_designator, meaning=cls.meaning)
+    # The probability's NUM is named by the class itself: SR viewers label a box with its NUMs' names and values
+    # (OHIF 3: "Malignant neoplasm, primary: 0.87 1"), so the class is on the image. TID 300's "Equivalent Meaning
+    # of Concept Name" spells out what that name means, for readers that show modifiers.
+    probability = hd.sr.Measurement(
+        name=class_concept, value=_unit_interval("probability", finding.probability), unit=coding.UNITLESS
     )
+    probability[0].ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+        name=codes.DCM.EquivalentMeaningOfConceptName, value=f"{coding.PROBABILITY.meaning} of {cls.meaning}",
+        relationship_type=_HAS_CONCEPT_MOD,
+    )])
+    tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+    return [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=coding.FINDING_TYPE,
+            algorithm_id=algorithm,
+            finding_sites=[site] if site is not None else None,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(name=coding.CLASSIFICATION, value=class_concept),
+                *_input_evaluations(coding.INPUT_USED, finding.inputs_used),
+                *_input_evaluations(coding.INPUT_UNAVAILABLE, finding.inputs_missing),
+            ],
+        ),
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=coding.FINDING_TYPE,
+            algorithm_id=algorithm,
+            measurements=[
+                probability,
+                hd.sr.Measurement(
+                    name=coding.DETECTION_SCORE,
+                    value=_unit_interval("detection_score", finding.detection_score),
+                    unit=coding.UNITLESS,
+                ),
+            ],
+        ),
+    ]
 
 
-def _summary_group(
-    result: PipelineResult,
-    by_uid: dict[str, Dataset],
-    algorithm: hd.sr.AlgorithmIdentification,
-    tracking_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """Image-level TID 1501 group: lesion present/absent over the analysed images, threshold, EHR and inputs.
+def _measurement_report(
+    observation_context: hd.sr.ObservationContext,
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    evaluations: Sequence[hd.sr.QualitativeEvaluation],
+) -> hd.sr.MeasurementReport:
+    """TID 1500 with Imaging Measurements (row 6) when there are findings and Qualitative Evaluations (row 10) always.
+
+    highdicom's MeasurementReport builds rows 1 to 7 only, and insists on at least one measurement group, where
+    TID 1500 asks for at least one of rows 6, 8 and 10 (a no-findings report has nothing to put in row 6). So the
+    root is put together here from highdicom's content items, in MeasurementReport's own order, and read back as
+    its MeasurementReport. A report without measurements is not titled "Imaging Measurement Report" (see
+    ``coding.NOTHING_MEASURED_TITLE``).
+    """
+    title = codes.cid7021.ImagingMeasurementReport if groups else coding.NOTHING_MEASURED_TITLE
+    root = hd.sr.ContainerContentItem(name=title, template_id="1500")
+    content: list[hd.sr.ContentItem] = [
+        *hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE),
+        *observation_context,
+        hd.sr.CodeContentItem(
+            name=codes.DCM.ProcedureReported, value=coding.PROCEDURE_REPORTED, relationship_type=_HAS_CONCEPT_MOD
+        ),
+    ]
+    if groups:
+        measurements = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurements, relationship_type=_CONTAINS)
+        measurements.ContentSequence = hd.sr.ContentSequence([item for group in groups for item in group])
+        content.append(measurements)
+    container = hd.sr.ContainerContentItem(name=coding.QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([item for evaluation in evaluations for item in evaluation])
+    content.append(container)
+    root.ContentSequence = hd.sr.ContentSequence(content)
+    return hd.sr.MeasurementReport.from_sequence([root], copy=False)
+
+
+def _study_evaluations(
+    result: PipelineResult, by_uid: dict[str, Dataset], algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.QualitativeEvaluation]:
+    """The study-level statements: lesion present/absent (by which algorithm, under which threshold, from which
+    images), the EHR status, the inputs missing and the instances not analysed.
 
     Always written, so that "nothing found" and "what the AI did not have" are explicit statements, never an
     absence of content a reader has to interpret.
     """
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=SUMMARY_TRACKING_ID),
-        finding_type=coding.FINDING_TYPE,
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(
-                name=coding.DETECTION_THRESHOLD,
-                value=_unit_interval("detection_threshold", result.detection_threshold),
-                unit=coding.UNITLESS,
-            )
-        ],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(
-                name=coding.PRESENCE, value=coding.PRESENT if result.findings else coding.ABSENT
-            ),
-            hd.sr.QualitativeEvaluation(name=coding.EHR_STATUS, value=coding.fhir_status_code(result.fhir_status)),
-            *_input_evaluations(coding.INPUT_UNAVAILABLE, result.inputs_missing),
-            *(_not_analysed(e, by_uid[e.sop_instance_uid]) for e in result.instances_excluded),
-        ],
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup.from_source_image(by_uid[u]) for u in result.images_analysed
-        ]
-        or None,
+    presence = hd.sr.QualitativeEvaluation(
+        name=coding.PRESENCE, value=coding.PRESENT if result.findings else coding.ABSENT
     )
+    presence[0].ContentSequence = hd.sr.ContentSequence([
+        # Presence of what: of the finding type every box is reported as.
+        hd.sr.CodeContentItem(name=codes.DCM.Finding, value=coding.FINDING_TYPE, relationship_type=_HAS_CONCEPT_MOD),
+        *algorithm,
+        hd.sr.NumContentItem(
+            name=coding.DETECTION_THRESHOLD,
+            value=_unit_interval("detection_threshold", result.detection_threshold),
+            unit=coding.UNITLESS,
+            relationship_type=_HAS_PROPERTIES,
+        ),
+        *(
+            hd.sr.ImageContentItem(
+                name=coding.IMAGE,
+                referenced_sop_class_uid=str(by_uid[u].SOPClassUID),
+                referenced_sop_instance_uid=u,
+                relationship_type=_INFERRED_FROM,
+            )
+            for u in result.images_analysed
+        ),
+    ])
+    return [
+        presence,
+        hd.sr.QualitativeEvaluation(name=coding.EHR_STATUS, value=coding.fhir_status_code(result.fhir_status)),
+        *_input_evaluations(coding.INPUT_UNAVAILABLE, result.inputs_missing),
+        *(_not_analysed(e, by_uid[e.sop_instance_uid]) for e in result.instances_excluded),
+    ]
 
 
 def _not_analysed(excluded: ExcludedInstance, source: Dataset) -> hd.sr.QualitativeEvaluation:
     """"Instance not analysed" = reason, INFERRED FROM the image it is about, with the decoder's words as a property.
 
-    A source image of the group would say the image was analysed; the IMAGE item under the evaluation says which
-    one the statement is about, so a reader sees both the fact and the instance.
+    An IMAGE under "Presence of property" says the image was analysed; the one under this evaluation says which
+    image the statement is about, so a reader sees both the fact and the instance.
     """
     evaluation = hd.sr.QualitativeEvaluation(
         name=coding.NOT_ANALYSED, value=coding.exclusion_reason_code(excluded.reason)
@@ -267,13 +327,12 @@ def _not_analysed(excluded: ExcludedInstance, source: Dataset) -> hd.sr.Qualitat
             name=coding.IMAGE,
             referenced_sop_class_uid=str(source.SOPClassUID),
             referenced_sop_instance_uid=excluded.sop_instance_uid,
-            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+            relationship_type=_INFERRED_FROM,
         )
     ]
     if excluded.detail:
         about.append(hd.sr.TextContentItem(
-            name=coding.NOT_ANALYSED_DETAIL, value=excluded.detail,
-            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+            name=coding.NOT_ANALYSED_DETAIL, value=excluded.detail, relationship_type=_HAS_PROPERTIES,
         ))
     # highdicom's QualitativeEvaluation takes no children; its one CODE item is a ContentItem like any other.
     evaluation[0].ContentSequence = hd.sr.ContentSequence(about)
@@ -287,9 +346,12 @@ def _is(code: hd.sr.CodedConcept, ref: Code) -> bool:
     return bool(code.value == ref.value and code.scheme_designator == ref.scheme_designator)
 
 
-def _tokens(group: hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-            name: Code) -> tuple[str, ...]:
-    return tuple(coding.input_token(_coded(e)) for e in group.get_qualitative_evaluations(name=name))
+# One finding's groups: those with its Tracking Unique Identifier (see _finding_groups).
+_Groups = Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]
+
+
+def _tokens(groups: _Groups, name: Code) -> tuple[str, ...]:
+    return tuple(coding.input_token(_coded(e)) for g in groups for e in g.get_qualitative_evaluations(name=name))
 
 
 def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
@@ -300,77 +362,86 @@ def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
     return value
 
 
-def _single_value(
-    group: hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-    name: Code,
-) -> float:
-    found = group.get_measurements(name=name)
+def _single_value(groups: _Groups, name: Code | hd.sr.CodedConcept) -> float:
+    found = [m for g in groups for m in g.get_measurements(name=name)]
     if len(found) != 1:
-        raise ValueError(f"group {group.tracking_identifier!r}: expected one {name.meaning!r}, found {len(found)}")
+        raise ValueError(f"finding {groups[0].tracking_identifier!r}: expected one {name.meaning!r}, found {len(found)}")
     return float(found[0].value)
 
 
-def _single_code(
-    group: hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-    name: Code,
-) -> hd.sr.CodedConcept:
-    found = group.get_qualitative_evaluations(name=name)
+def _single_code(groups: _Groups, name: Code) -> hd.sr.CodedConcept:
+    found = [e for g in groups for e in g.get_qualitative_evaluations(name=name)]
     if len(found) != 1:
-        raise ValueError(f"group {group.tracking_identifier!r}: expected one {name.meaning!r}, found {len(found)}")
+        raise ValueError(f"finding {groups[0].tracking_identifier!r}: expected one {name.meaning!r}, found {len(found)}")
     return _coded(found[0])
 
 
-def _algorithm(report: hd.sr.MeasurementReport) -> tuple[str, str]:
-    # highdicom has no accessor for TID 4019 inside a group; find_content_items is its own tree search.
-    names = hd.sr.utils.find_content_items(report[0], name=codes.DCM.AlgorithmName, recursive=True)
-    versions = hd.sr.utils.find_content_items(report[0], name=codes.DCM.AlgorithmVersion, recursive=True)
-    if not names or not versions:
-        raise ValueError("SR carries no Algorithm Identification")
-    return str(names[0].value), str(versions[0].value)
+def _one(parent: Dataset, name: Code, where: str) -> Dataset:
+    found = hd.sr.utils.find_content_items(parent, name=name)
+    if len(found) != 1:
+        raise ValueError(f"{where}: expected one {name.meaning!r}, found {len(found)}")
+    return found[0]
 
 
-def _read_finding(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> FindingSummary:
+def _study_statements(report: hd.sr.MeasurementReport) -> Dataset:
+    """The report-level Qualitative Evaluations container (TID 1500 row 10)."""
+    return _one(report[0], coding.QUALITATIVE_EVALUATIONS, "Measurement Report")
+
+
+def _region(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> tuple[str, int, tuple[float, ...]]:
+    """(SOP Instance UID, frame number, box) of a group's POLYLINE."""
     roi = group.roi
     if not isinstance(roi, hd.sr.ImageRegion) or roi.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
         raise ValueError(f"group {group.tracking_identifier!r}: expected a 2D POLYLINE image region")
     points = np.asarray(roi.value, dtype=float)
     source = hd.sr.SourceImageForRegion.from_dataset(roi.ContentSequence[0])
     frames = source.referenced_frame_numbers
-    cls = _single_code(group, coding.CLASSIFICATION)
-    finding_type = group.finding_type
-    if group.tracking_identifier is None or group.tracking_uid is None:
+    box = (float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()), float(points[:, 1].max()))
+    # No Referenced Frame Number means the (single-frame) image as a whole: frame 1.
+    return str(source.referenced_sop_instance_uid), frames[0] if frames else 1, box
+
+
+def _read_finding(groups: _Groups) -> FindingSummary:
+    first = groups[0]
+    regions = {_region(g) for g in groups}
+    if len(regions) != 1:
+        raise ValueError(f"finding {first.tracking_identifier!r}: its groups disagree on where it is")
+    ((sop_instance_uid, frame_number, box),) = regions
+    cls = _single_code(groups, coding.CLASSIFICATION)
+    finding_type = first.finding_type
+    if first.tracking_identifier is None or first.tracking_uid is None:
         raise ValueError("finding group without tracking identifier")
-    sites = group.finding_sites
+    sites = first.finding_sites
     site, side = (sites[0].value, sites[0].laterality) if sites else (None, None)
     return FindingSummary(
-        tracking_id=group.tracking_identifier,
-        tracking_uid=str(group.tracking_uid),
+        tracking_id=first.tracking_identifier,
+        tracking_uid=str(first.tracking_uid),
         finding_type=finding_type.meaning if finding_type is not None else "",
         class_value=cls.value,
         class_scheme=cls.scheme_designator,
         class_meaning=cls.meaning,
-        probability=_single_value(group, coding.PROBABILITY),
-        detection_score=_single_value(group, coding.DETECTION_SCORE),
-        box=(
-            float(points[:, 0].min()),
-            float(points[:, 1].min()),
-            float(points[:, 0].max()),
-            float(points[:, 1].max()),
-        ),
-        sop_instance_uid=str(source.referenced_sop_instance_uid),
-        # No Referenced Frame Number means the (single-frame) image as a whole: frame 1.
-        frame_number=frames[0] if frames else 1,
-        inputs_used=_tokens(group, coding.INPUT_USED),
-        inputs_missing=_tokens(group, coding.INPUT_UNAVAILABLE),
+        probability=_single_value(groups, cls),
+        detection_score=_single_value(groups, coding.DETECTION_SCORE),
+        box=(box[0], box[1], box[2], box[3]),
+        sop_instance_uid=sop_instance_uid,
+        frame_number=frame_number,
+        inputs_used=_tokens(groups, coding.INPUT_USED),
+        inputs_missing=_tokens(groups, coding.INPUT_UNAVAILABLE),
         finding_site=CodedClass(site.value, site.scheme_designator, site.meaning) if site is not None else None,
         laterality=side_of(side),
     )
 
 
-def _read_not_analysed(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> tuple[ExcludedInstance, ...]:
+def _read_findings(report: hd.sr.MeasurementReport) -> tuple[FindingSummary, ...]:
+    by_finding: dict[str, list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]] = {}
+    for group in report.get_planar_roi_measurement_groups():
+        by_finding.setdefault(str(group.tracking_uid), []).append(group)
+    return tuple(_read_finding(groups) for groups in by_finding.values())
+
+
+def _read_not_analysed(statements: Dataset) -> tuple[ExcludedInstance, ...]:
     out: list[ExcludedInstance] = []
-    # find_content_items, not get_qualitative_evaluations: the latter rebuilds each item without its children.
-    for item in hd.sr.utils.find_content_items(group[0], name=coding.NOT_ANALYSED):
+    for item in hd.sr.utils.find_content_items(statements, name=coding.NOT_ANALYSED):
         children = list(item.get("ContentSequence", []))
         images = [c for c in children if c.ValueType == "IMAGE"]
         texts = [c for c in children if c.ValueType == "TEXT"]
@@ -390,30 +461,30 @@ def read_findings(sr: Dataset) -> SrSummary:
     report = doc.content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("not a TID 1500 Measurement Report")
-    summaries = [
-        g for g in report.get_image_measurement_groups() if g.tracking_identifier == SUMMARY_TRACKING_ID
-    ]
-    if len(summaries) != 1:
-        raise ValueError(f"expected one '{SUMMARY_TRACKING_ID}' group, found {len(summaries)}")
-    summary = summaries[0]
-    presence = _single_code(summary, coding.PRESENCE)
-    name, version = _algorithm(report)
+    statements = _study_statements(report)
+    presence = _one(statements, coding.PRESENCE, "Qualitative Evaluations")
+    where = f"'{coding.PRESENCE.meaning}'"
     return SrSummary(
         sop_instance_uid=str(doc.SOPInstanceUID),
         study_instance_uid=str(doc.StudyInstanceUID),
-        algorithm_name=name,
-        algorithm_version=version,
-        findings=tuple(_read_finding(g) for g in report.get_planar_roi_measurement_groups()),
-        nothing_found=_is(presence, coding.ABSENT),
-        detection_threshold=_single_value(summary, coding.DETECTION_THRESHOLD),
-        images_analysed=tuple(str(s.referenced_sop_instance_uid) for s in summary.source_images),
-        inputs_missing=_tokens(summary, coding.INPUT_UNAVAILABLE),
-        fhir_status=coding.fhir_status_token(_single_code(summary, coding.EHR_STATUS)),
+        algorithm_name=str(_one(presence, codes.DCM.AlgorithmName, where).value),
+        algorithm_version=str(_one(presence, codes.DCM.AlgorithmVersion, where).value),
+        findings=_read_findings(report),
+        nothing_found=_is(presence.value, coding.ABSENT),
+        detection_threshold=float(_one(presence, coding.DETECTION_THRESHOLD, where).value),
+        images_analysed=tuple(
+            str(i.referenced_sop_instance_uid) for i in hd.sr.utils.find_content_items(presence, value_type="IMAGE")
+        ),
+        inputs_missing=tuple(
+            coding.input_token(i.value)
+            for i in hd.sr.utils.find_content_items(statements, name=coding.INPUT_UNAVAILABLE)
+        ),
+        fhir_status=coding.fhir_status_token(_one(statements, coding.EHR_STATUS, "Qualitative Evaluations").value),
         predecessors=tuple(
             str(instance.ReferencedSOPInstanceUID)
             for study in sr.get("PredecessorDocumentsSequence", [])
             for series in study.get("ReferencedSeriesSequence", [])
             for instance in series.get("ReferencedSOPSequence", [])
         ),
-        instances_excluded=_read_not_analysed(summary),
+        instances_excluded=_read_not_analysed(statements),
     )

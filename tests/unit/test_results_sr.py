@@ -8,6 +8,7 @@ import highdicom as hd
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 from test_results_common import (
     BENIGN,
@@ -30,6 +31,9 @@ from node.results.sr import build_sr, read_findings
 from node.results.uids import device_uid, input_digest, result_uid
 from pipelines.base import ExcludedInstance, PipelineResult, PixelBox
 from pipelines.specs import RADIOGRAPH_LESION_REQUIREMENTS
+
+
+MALIGNANT_CODE = Code(MALIGNANT.value, MALIGNANT.scheme_designator, MALIGNANT.meaning)
 
 
 @pytest.fixture
@@ -57,6 +61,29 @@ def _write(r: PipelineResult, sources: list[Dataset], path: Path) -> hd.sr.Compr
     )
     sr.save_as(path, enforce_file_format=True)
     return sr
+
+
+def _statements(report: hd.sr.MeasurementReport) -> Dataset:
+    """The report-level Qualitative Evaluations container (TID 1500 row 10) with the study-level statements."""
+    (container,) = hd.sr.utils.find_content_items(report[0], name=coding.QUALITATIVE_EVALUATIONS)
+    return container
+
+
+def _presence(report: hd.sr.MeasurementReport) -> Dataset:
+    (presence,) = hd.sr.utils.find_content_items(_statements(report), name=codes.DCM.PresenceOfProperty)
+    return presence
+
+
+def _images_under(item: Dataset) -> set[str]:
+    return {str(i.referenced_sop_instance_uid) for i in hd.sr.utils.find_content_items(item, value_type="IMAGE")}
+
+
+def _assert_every_group_has_a_region(report: hd.sr.MeasurementReport) -> None:
+    # A measurement group without SCOORD is what made OHIF 3 fail on our SR (no box, blank viewport): its
+    # SR loader takes every group as something to draw. Study-level statements live in the report-level container.
+    assert report.get_image_measurement_groups() == []
+    for group in report.get_planar_roi_measurement_groups():
+        assert group.roi is not None
 
 
 def _assert_valid(path: Path) -> None:
@@ -113,24 +140,39 @@ def test_sr_structure_uses_the_standard_templates(tmp_path: Path, sources: list[
     _write(r, sources, path)
     report = hd.sr.srread(path).content
     assert isinstance(report, hd.sr.MeasurementReport)
+    assert report[0].name == codes.cid7021.ImagingMeasurementReport
 
     (device,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
     attrs = device.observer_identifying_attributes
     assert isinstance(attrs, hd.sr.DeviceObserverIdentifyingAttributes)
     assert attrs.uid == device_uid(PIPELINE, VERSION) and attrs.name == PIPELINE
 
-    (group,) = report.get_planar_roi_measurement_groups(
+    # Two TID 1410 groups for the finding, one Tracking UID: what was found, then its numbers (OHIF tracks a group
+    # from its own region only when the group has no NUMs).
+    found, numbers = report.get_planar_roi_measurement_groups(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE, referenced_sop_instance_uid=str(a.SOPInstanceUID)
     )
-    assert group[0].ContentTemplateSequence[0].TemplateIdentifier == "1410"
-    roi = group.roi
-    assert roi is not None and roi.value.shape == (5, 2)
-    assert (roi.value[0] == roi.value[-1]).all()  # closed
-    (prob,) = group.get_measurements(name=codes.DCM.Probability)
-    assert prob.unit == codes.UCUM.NoUnits
-    assert group.finding_type == codes.SCT.Lesion
-    algo = hd.sr.utils.find_content_items(group[0], name=codes.DCM.AlgorithmName)
-    assert [i.value for i in algo] == [PIPELINE]
+    _assert_every_group_has_a_region(report)
+    for group in (found, numbers):
+        assert group[0].ContentTemplateSequence[0].TemplateIdentifier == "1410"
+        assert group.tracking_uid == r.findings[0].tracking_uid and group.tracking_identifier == "lesion 1"
+        roi = group.roi
+        assert roi is not None and roi.value.shape == (5, 2)
+        assert (roi.value[0] == roi.value[-1]).all()  # closed
+        assert group.finding_type == codes.SCT.Lesion
+        algo = hd.sr.utils.find_content_items(group[0], name=codes.DCM.AlgorithmName)
+        assert [i.value for i in algo] == [PIPELINE]
+    assert found.roi is not None and numbers.roi is not None and (found.roi.value == numbers.roi.value).all()
+    assert found.get_measurements() == []
+    (cls,) = found.get_qualitative_evaluations(name=coding.CLASSIFICATION)
+    assert cls.value == MALIGNANT_CODE
+    assert numbers.get_qualitative_evaluations() == []
+    # The probability is named by the class (what a viewer's label shows), its meaning spelled out beside it.
+    prob, score = numbers.get_measurements()
+    assert (prob.name, prob.value, prob.unit) == (MALIGNANT_CODE, pytest.approx(0.87), codes.UCUM.NoUnits)
+    (meaning,) = hd.sr.utils.find_content_items(prob[0], name=codes.DCM.EquivalentMeaningOfConceptName)
+    assert meaning.value == "Probability of Malignant"
+    assert (score.name, score.unit) == (codes.DCM.CertaintyOfFinding, codes.UCUM.NoUnits)
 
 
 def test_no_findings_sr_says_nothing_found_and_what_was_missing(tmp_path: Path, sources: list[Dataset]) -> None:
@@ -148,10 +190,20 @@ def test_no_findings_sr_says_nothing_found_and_what_was_missing(tmp_path: Path, 
 
     report = hd.sr.srread(path).content
     assert isinstance(report, hd.sr.MeasurementReport)
-    (group,) = report.get_image_measurement_groups()
-    (presence,) = group.get_qualitative_evaluations(name=codes.DCM.PresenceOfProperty)
+    # No findings: no Imaging Measurements container at all, only the study-level statements (TID 1500 asks for
+    # one of the two), and no "Imaging Measurement Report" title (OHIF 3's measurement viewport fails on one without
+    # measurements); "lesion absent" names the algorithm, its threshold and the images it was inferred from.
+    assert hd.sr.utils.find_content_items(report[0], name=codes.DCM.ImagingMeasurements) == []
+    assert report[0].name == coding.NOTHING_MEASURED_TITLE
+    assert report[0].ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    _assert_every_group_has_a_region(report)
+    presence = _presence(report)
     assert presence.value == codes.SCT.Absent
-    assert {s.referenced_sop_instance_uid for s in group.source_images} == {s.SOPInstanceUID for s in sources}
+    (finding_type,) = hd.sr.utils.find_content_items(presence, name=codes.DCM.Finding)
+    assert finding_type.value == codes.SCT.Lesion
+    (algorithm,) = hd.sr.utils.find_content_items(presence, name=codes.DCM.AlgorithmName)
+    assert algorithm.value == PIPELINE
+    assert _images_under(presence) == {s.SOPInstanceUID for s in sources}
 
 
 def test_excluded_instances_are_named_with_their_reason(tmp_path: Path, sources: list[Dataset]) -> None:
@@ -171,11 +223,12 @@ def test_excluded_instances_are_named_with_their_reason(tmp_path: Path, sources:
     assert summary.images_analysed == (str(a.SOPInstanceUID),)
     assert summary.instances_excluded == excluded
     assert len(summary.findings) == 1 and summary.nothing_found is False
-    # the excluded images are evidence of the SR (referenced), not source images of the summary group
+    # the excluded images are evidence of the SR (referenced), not images "lesion present" was inferred from
     report = hd.sr.srread(path).content
     assert isinstance(report, hd.sr.MeasurementReport)
-    (group,) = report.get_image_measurement_groups()
-    assert {s.referenced_sop_instance_uid for s in group.source_images} == {a.SOPInstanceUID}
+    assert _images_under(_presence(report)) == {a.SOPInstanceUID}
+    not_analysed = hd.sr.utils.find_content_items(_statements(report), name=coding.NOT_ANALYSED)
+    assert [_images_under(item) for item in not_analysed] == [{bad.SOPInstanceUID}, {b.SOPInstanceUID}]
     # an SR without exclusions reads back none
     plain = tmp_path / "sr-plain.dcm"
     _write(result(sources, ()), sources, plain)
