@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the node, the demo and the tests need on Debian 12 (as root), idempotently:
-# Orthanc + DICOMweb plugin, dcmtk, dicom3tools, Chromium (apt); the FHIR engine and Node 22, the OHIF viewer (npm);
+# Orthanc + DICOMweb plugin, dcmtk, dicom3tools, Chromium (apt); the FHIR engine and Node 22, the OHIF viewer bundle (npm pack);
 # the venv .venv (pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +23,24 @@ if ! cmp -s deploy/fhir/package-lock.json "$stamp"; then
   npm ci --prefix deploy/fhir --no-audit --no-fund --loglevel=error
   cp deploy/fhir/package-lock.json "$stamp"
 fi
-# OHIF Viewer 3's prebuilt bundle, for the demo and tests/viewer; --ignore-scripts: only its dist/ is used.
-stamp=deploy/viewer/node_modules/.installed-from-lock
-if ! cmp -s deploy/viewer/package-lock.json "$stamp"; then
-  echo "setup: npm ci (OHIF Viewer @ohif/app 3.13.2)"
-  npm ci --prefix deploy/viewer --ignore-scripts --no-audit --no-fund --loglevel=error
-  cp deploy/viewer/package-lock.json "$stamp"
+# OHIF Viewer 3's prebuilt bundle (dist/ of the pinned @ohif/app tarball), for the demo and tests/viewer.
+stamp=deploy/viewer/dist/.installed-from-pin
+if ! cmp -s deploy/viewer/ohif.pin "$stamp"; then
+  package=$(sed -n 's/^package=//p' deploy/viewer/ohif.pin)
+  integrity=$(sed -n 's/^integrity=//p' deploy/viewer/ohif.pin)
+  echo "setup: npm pack $package (OHIF Viewer bundle)"
+  work=$(mktemp -d)
+  tarball=$(cd "$work" && npm pack "$package" --silent --loglevel=error)
+  actual="sha512-$(openssl dgst -sha512 -binary "$work/$tarball" | base64 -w0)"
+  if [ "$actual" != "$integrity" ]; then
+    echo "setup: $package does not match deploy/viewer/ohif.pin (got $actual)" >&2
+    rm -rf "$work"; exit 1
+  fi
+  rm -rf deploy/viewer/dist
+  tar -xzf "$work/$tarball" -C "$work" package/dist
+  mv "$work/package/dist" deploy/viewer/dist
+  rm -rf "$work"
+  cp deploy/viewer/ohif.pin "$stamp"
 fi
 
 if [ ! -x .venv/bin/python ]; then

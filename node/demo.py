@@ -133,7 +133,7 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
                 print(f"\nOHIF Viewer (double-click the SR's thumbnail to see the boxes):\n"
                       f"  {viewer.study_url(case.study_instance_uid)}")
             else:
-                print(f"\nOHIF Viewer not installed ({OHIF_DIST}): npm ci --prefix deploy/viewer")
+                print(f"\nOHIF Viewer not installed ({OHIF_DIST}): bash deploy/setup.sh (deploy/viewer/ohif.pin)")
             truth = ", ".join(f"{label} at ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})" for b, label in case.truth)
             print(f"\nsynthetic ground truth (for comparison): {truth}")
             ok = state == "sent" and sr_found and n_sc >= 1

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OHIF_DIST = REPO_ROOT / "deploy" / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
+OHIF_DIST = REPO_ROOT / "deploy" / "viewer" / "dist"  # unpacked by deploy/setup.sh from deploy/viewer/ohif.pin
 DICOMWEB_PREFIX = "/dicom-web"
 DATA_SOURCE_NAME = "orthanc"
 
@@ -196,8 +196,8 @@ class OhifViewer:
 
     def __init__(self, dicomweb_url: str, dist: Path = OHIF_DIST, host: str = "127.0.0.1", port: int = 0) -> None:
         if not (dist / "index.html").is_file():
-            raise OhifError(f"OHIF's bundle is not at {dist}: install it with 'npm ci --prefix deploy/viewer' "
-                            "(deploy/setup.sh does)")
+            raise OhifError(f"OHIF's bundle is not at {dist}: unpack it with 'bash deploy/setup.sh' "
+                            "(deploy/viewer/ohif.pin names the tarball)")
         self.dist = dist
         self.dicomweb_url = dicomweb_url
         self.host = host

@@ -98,5 +98,5 @@ def test_app_config_points_ohif_at_the_proxy_only(viewer: OhifViewer) -> None:
 
 
 def test_missing_bundle_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(OhifError, match="npm ci --prefix deploy/viewer"):
+    with pytest.raises(OhifError, match="deploy/setup.sh"):
         OhifViewer("http://127.0.0.1:1/dicom-web", dist=tmp_path)

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from node.worker import SR_SERIES_NUMBER
 from node.localpeers.ohif import OHIF_DIST, OhifViewer
 from node.localpeers.orthanc import Orthanc
 from node.results.sr import SrSummary, read_findings
@@ -33,7 +34,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (deploy/setup.sh does)", allow_module_level=True)
 if not (OHIF_DIST / "index.html").is_file():
-    pytest.skip(f"OHIF's bundle missing at {OHIF_DIST}: npm ci --prefix deploy/viewer (deploy/setup.sh does)",
+    pytest.skip(f"OHIF's bundle missing at {OHIF_DIST}: bash deploy/setup.sh unpacks it (deploy/viewer/ohif.pin)",
                 allow_module_level=True)
 
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright  # noqa: E402
@@ -120,6 +121,16 @@ _TRACKED = """() => {
     points: m.points.map(p => cs.utilities.worldToImageCoords(m.referencedImageId, p)),
   }));
 }"""
+
+
+def _labels(finding: Any) -> list[str]:
+    """What OHIF writes beside a finding's box: each NUM's name and value, then the Finding Site (OHIF names it by
+    its concept's code value, SCT 363698007 "Finding site")."""
+    labels = [f"{finding.class_meaning}: {finding.probability:.2f} 1",
+              f"Certainty of Finding: {finding.detection_score:.2f} 1"]
+    if finding.finding_site is not None:
+        labels.append(f"363698007: {finding.finding_site.meaning}")
+    return labels
 
 
 def _sop_of(image_id: str) -> str:
@@ -254,8 +265,8 @@ class Session:
         # As a user does: the first image is on screen before the SR replaces it (OHIF fails on a stack viewport
         # taken away while its image is still loading: "Cannot read properties of null (reading 'getViewUp')").
         self.page.wait_for_function(_IMAGE_SHOWN)
-        self.page.locator("[data-cy=study-browser-thumbnail-no-image]").filter(has_text="AI radiograph-lesion") \
-            .dblclick()
+        # the SR's series (the GSPS, series 9904, has a thumbnail without image too)
+        self.page.locator(f"[data-cy=study-browser-thumbnail-no-image][data-series='{SR_SERIES_NUMBER}']").dblclick()
         handle = self.page.wait_for_function(_SR_STATE)
         state: list[dict[str, Any]] = handle.json_value()
         return state
@@ -307,8 +318,7 @@ def test_every_finding_is_drawn_on_its_image_labelled_and_can_be_tracked(
         annotation = annotations[finding.tracking_uid]
         assert _sop_of(annotation["imageId"]) == finding.sop_instance_uid
         assert _close(_bbox(annotation["points"]), finding.box), (finding.box, annotation["points"])
-        assert annotation["labels"] == [f"{finding.class_meaning}: {finding.probability:.2f} 1",
-                                         f"Certainty of Finding: {finding.detection_score:.2f} 1"]
+        assert annotation["labels"] == _labels(finding)
 
     # What the SR viewport drew on the first finding's image: each box there, closed, with its label beside it.
     first_image = findings[0].sop_instance_uid
@@ -319,8 +329,7 @@ def test_every_finding_is_drawn_on_its_image_labelled_and_can_be_tracked(
     drawn_boxes = [_bbox(points) for points in drawn["polylines"]]
     for finding in on_screen:
         assert len([b for b in drawn_boxes if _close(b, finding.box)]) == 1, (finding.box, drawn_boxes)
-        label = [f"{finding.class_meaning}: {finding.probability:.2f} 1",
-                 f"Certainty of Finding: {finding.detection_score:.2f} 1"]
+        label = _labels(finding)
         assert label in drawn["texts"], f"{finding.tracking_id}: {label} not among {drawn['texts']}"
     session.assert_no_trouble()
 
