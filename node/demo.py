@@ -63,7 +63,9 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
             print(f"  {pacs.url}/app/explorer.html#instance?uuid={orthanc_id}")
             print(f"  clinical context: FHIR {summary.fhir_status}; missing inputs: "
                   f"{', '.join(summary.inputs_missing) or 'none'}")
-            if summary.nothing_found:
+            if not summary.analysed:
+                print("  not analysed: " + "; ".join(f"{e.reason} ({e.detail})" for e in summary.instances_excluded))
+            elif summary.nothing_found:
                 print(f"  nothing found above the detection threshold {summary.detection_threshold:g}")
             for f in summary.findings:
                 x0, y0, x1, y1 = f.box

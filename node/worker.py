@@ -4,7 +4,8 @@ queues delivery.
 Each stage has a wall-clock budget ([budgets]): the FHIR fetch past its budget gives image-only results whose SR
 says "timeout"; a pipeline run past its budget fails the run with "deadline exceeded" and the worker moves on (the
 run's thread cannot be killed: it is abandoned, and /healthz says so until it ends). An input that cannot be
-decoded is left out with its reason, the rest is analysed, and the SR lists what was not.
+decoded is left out with its reason, the rest is analysed, and the SR lists what was not; when nothing is left,
+the SR says "Not Evaluated" and why, and the job is done (a retry would decode no better).
 
 The instances a job reads were selected once, at routing, and are stored with it. Result UIDs are derived from
 study + pipeline + version + a digest of the inputs (each instance's content and the clinical context), so a job
@@ -49,6 +50,7 @@ from pipelines.base import (
     Pipeline,
     PipelineResult,
     StudyInput,
+    missing_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,6 @@ T = TypeVar("T")
 
 class DeadlineExceeded(RuntimeError):
     """A stage ran past its budget; the message begins with "deadline exceeded" and names the budget's key."""
-
-
-class NothingToAnalyse(RuntimeError):
-    """Every input of the job was left out (none could be read or decoded): there is nothing to state results on."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +107,15 @@ def _write_dataset(ds: Dataset, path: Path) -> None:
         raise
 
 
-def _nothing_left(excluded: tuple[ExcludedInstance, ...]) -> str:
-    reasons = sorted({e.reason for e in excluded})
-    return f"no input could be analysed: {len(excluded)} instance(s) left out ({', '.join(reasons)})"
+def _nothing_analysed(pipeline: Pipeline, context: ClinicalContext,
+                      excluded: tuple[ExcludedInstance, ...]) -> PipelineResult:
+    """The result of a run in which no input could be decoded: the pipeline never ran, so no finding and no
+    threshold; the SR says "Not Evaluated" and lists every instance with its reason."""
+    return PipelineResult(
+        pipeline_name=pipeline.name, pipeline_version=pipeline.version, findings=(), images_analysed=(),
+        detection_threshold=None, inputs_missing=missing_inputs(pipeline.requirements, context),
+        fhir_status=context.fhir_status, device="none", instances_excluded=excluded,
+    )
 
 
 def _header_of(ref: InstanceRef, study_uid: str) -> Dataset:
@@ -170,8 +174,8 @@ class Worker:
             return False
         try:
             outcome = self.process(job)
-        except (DeadlineExceeded, NothingToAnalyse) as exc:
-            # Retrying cannot help: the same inputs would run as long, or decode as badly. The queue moves on.
+        except DeadlineExceeded as exc:
+            # Retrying cannot help: the same inputs would run as long. The queue moves on.
             log.error("job for study %s (%s) failed: %s", uid_digest(job["study_uid"]), job["pipeline"], exc)
             self.store.fail_run(job["run_id"], str(exc), retry=False)
         except Exception as exc:
@@ -292,13 +296,11 @@ class Worker:
             if not excluded:
                 raise first_error
             if len(excluded) == len(study.instances):
-                raise NothingToAnalyse(_nothing_left(excluded)) from first_error
+                return _nothing_analysed(pipeline, context, excluded)
             left = {e.sop_instance_uid for e in excluded}
             rest = replace(study, instances=tuple(r for r in study.instances if r.sop_instance_uid not in left))
             result = self._within(deadline, f"pipeline {pipeline.name}", lambda: pipeline.run(rest, context))
             result = replace(result, instances_excluded=excluded + result.instances_excluded)
-        if result.instances_excluded and not result.images_analysed:
-            raise NothingToAnalyse(_nothing_left(result.instances_excluded))
         return result
 
     def _within(self, deadline: float, what: str, work: Callable[[], T]) -> T:
@@ -374,11 +376,12 @@ class Worker:
             _write_dataset(sc, sc_path)
             overlay_png(sc, sc_path.with_suffix(".png"))
             objects.append((str(sc.SOPInstanceUID), str(sc.SeriesInstanceUID), "sc", str(sc_path)))
+        # A presentation state annotates analysed images; with none (every input left out) the SR says it all.
         states = build_presentation_states(
             result, sources, series_instance_uid=uid("gsps-series"), series_number=GSPS_SERIES_NUMBER,
             sop_uid_for=lambda key: uid(f"gsps:{key}"), manufacturer=MANUFACTURER, software_version=version,
             amends=predecessor is not None,
-        )
+        ) if result.images_analysed or result.findings else []
         for n, state in enumerate(states, start=1):
             gsps_path = out_dir / ("gsps.dcm" if n == 1 else f"gsps-{n}.dcm")
             _write_dataset(state, gsps_path)

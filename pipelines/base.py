@@ -154,7 +154,8 @@ class PipelineResult:
     pipeline_version: str
     findings: tuple[Finding, ...]
     images_analysed: tuple[str, ...]  # SOP Instance UIDs the detector looked at
-    detection_threshold: float
+    # None only when nothing was analysed and the pipeline never ran (every input undecodable)
+    detection_threshold: float | None
     inputs_missing: tuple[str, ...]  # study-level: "labs", "notes", or specific "labs:<loinc>"
     fhir_status: str
     device: str  # "cuda" or "cpu"

@@ -39,6 +39,9 @@ DETECTION_THRESHOLD = codes.DCM.ThresholdValue  # (122411, DCM, "Threshold Value
 # Study-level "was a lesion found" statement: Presence of property = Present / Absent.
 PRESENCE = codes.DCM.PresenceOfProperty  # (121052, DCM, "Presence of property")
 PRESENT = codes.SCT.Present  # (52101004, SCT, "Present")
+# ... and when no input could be analysed (each is listed as "Instance not analysed" with its reason): neither
+# present nor absent, but not evaluated.
+NOT_EVALUATED = codes.SCT.NotEvaluated  # (373121007, SCT, "Not Evaluated")
 ABSENT = codes.SCT.Absent  # (272519000, SCT, "Absent")
 # "labs" as a whole (e.g. EHR unreachable): LOINC's section code for laboratory data.
 LABS = codes.LN.RelevantDiagnosticTestsAndOrLaboratoryData  # (30954-2, LN)

@@ -63,13 +63,18 @@ class SrSummary:
     algorithm_name: str
     algorithm_version: str
     findings: tuple[FindingSummary, ...]
-    nothing_found: bool
-    detection_threshold: float
+    nothing_found: bool  # analysed, and no lesion above the threshold
+    detection_threshold: float | None  # None: no input could be analysed and the pipeline never ran
     images_analysed: tuple[str, ...]
     inputs_missing: tuple[str, ...]
     fhir_status: str
     predecessors: tuple[str, ...] = ()  # SOP Instance UIDs of the SRs this one amends
     instances_excluded: tuple[ExcludedInstance, ...] = ()  # inputs not analysed, with the reason
+
+    @property
+    def analysed(self) -> bool:
+        """False when no input could be analysed: "Presence of property" is then "Not Evaluated"."""
+        return bool(self.images_analysed)
 
     @property
     def amended(self) -> bool:
@@ -123,7 +128,8 @@ def build_sr(
         name=result.pipeline_name,
         version=result.pipeline_version,
         # The threshold decides what "no lesion" means, so it travels with every statement made under it.
-        parameters=[f"detection_threshold={result.detection_threshold:g}"],
+        parameters=[f"detection_threshold={result.detection_threshold:g}"]
+        if result.detection_threshold is not None else None,
     )
     observer = device_observer(result.pipeline_name, result.pipeline_version, manufacturer)
     report = _measurement_report(
@@ -282,19 +288,21 @@ def _study_evaluations(
     Always written, so that "nothing found" and "what the AI did not have" are explicit statements, never an
     absence of content a reader has to interpret.
     """
-    presence = hd.sr.QualitativeEvaluation(
-        name=coding.PRESENCE, value=coding.PRESENT if result.findings else coding.ABSENT
-    )
+    if result.findings:
+        answer = coding.PRESENT
+    else:
+        answer = coding.ABSENT if result.images_analysed else coding.NOT_EVALUATED
+    presence = hd.sr.QualitativeEvaluation(name=coding.PRESENCE, value=answer)
     presence[0].ContentSequence = hd.sr.ContentSequence([
         # Presence of what: of the finding type every box is reported as.
         hd.sr.CodeContentItem(name=codes.DCM.Finding, value=coding.FINDING_TYPE, relationship_type=_HAS_CONCEPT_MOD),
         *algorithm,
-        hd.sr.NumContentItem(
+        *([hd.sr.NumContentItem(
             name=coding.DETECTION_THRESHOLD,
             value=_unit_interval("detection_threshold", result.detection_threshold),
             unit=coding.UNITLESS,
             relationship_type=_HAS_PROPERTIES,
-        ),
+        )] if result.detection_threshold is not None else []),
         *(
             hd.sr.ImageContentItem(
                 name=coding.IMAGE,
@@ -455,6 +463,13 @@ def _read_not_analysed(statements: Dataset) -> tuple[ExcludedInstance, ...]:
     return tuple(out)
 
 
+def _threshold(presence: Dataset) -> float | None:
+    found = hd.sr.utils.find_content_items(presence, name=coding.DETECTION_THRESHOLD)
+    if len(found) > 1:
+        raise ValueError(f"expected at most one '{coding.DETECTION_THRESHOLD.meaning}', found {len(found)}")
+    return float(found[0].value) if found else None
+
+
 def read_findings(sr: Dataset) -> SrSummary:
     """Read one of our SRs (e.g. from ``highdicom.sr.srread`` or ``pydicom.dcmread``) back into plain values."""
     doc = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=True)
@@ -471,7 +486,7 @@ def read_findings(sr: Dataset) -> SrSummary:
         algorithm_version=str(_one(presence, codes.DCM.AlgorithmVersion, where).value),
         findings=_read_findings(report),
         nothing_found=_is(presence.value, coding.ABSENT),
-        detection_threshold=float(_one(presence, coding.DETECTION_THRESHOLD, where).value),
+        detection_threshold=_threshold(presence),
         images_analysed=tuple(
             str(i.referenced_sop_instance_uid) for i in hd.sr.utils.find_content_items(presence, value_type="IMAGE")
         ),

@@ -6,6 +6,8 @@ results coded "timeout"; an undecodable input is left out with its reason and th
 
 from __future__ import annotations
 
+import highdicom as hd
+
 import json
 import threading
 import time
@@ -16,6 +18,7 @@ import httpx
 import pytest
 from pydicom import Dataset, dcmread
 
+from node.results import coding
 from node.config import RouteRule
 from node.results.sr import read_findings
 from node.store import IndexedInstance, JobPlan, Store
@@ -275,13 +278,24 @@ def test_reasons_a_pipeline_reports_itself_reach_the_sr(tmp_path: Path) -> None:
     assert len(summary.images_analysed) == 1
 
 
-def test_nothing_decodable_fails_at_once_without_retry(tmp_path: Path) -> None:
+def test_nothing_decodable_gives_an_sr_that_says_not_evaluated_and_why(tmp_path: Path) -> None:
+    from dicom_validation import assert_valid
+
     store, s, study_uid = received(tmp_path, n_images=0, more=(j2k_cr("study-w", 1, "garbled"),))
     worker = Worker(store, s, lambda name: Decoding(), owner="w")  # type: ignore[arg-type]
     assert worker.run_once()
     job = store.jobs(study_uid)[0]
-    assert job["state"] == "failed" and job["attempts"] == 1
-    assert job["error"] == "no input could be analysed: 1 instance(s) left out (undecodable)"
+    assert job["state"] == "sending" and job["attempts"] == 1, "done: a retry would decode no better"
+    kinds = [r["kind"] for r in store.results_of_run(job["current_run_id"])]
+    assert kinds == ["sr"], "no overlay and no presentation state: there is no analysed image to annotate"
+    path = sr_of(store, study_uid)
+    summary = read_findings(dcmread(path))
+    assert not summary.analysed and not summary.nothing_found and summary.findings == ()
+    assert summary.detection_threshold is None, "the pipeline never ran"
+    assert [e.reason for e in summary.instances_excluded] == ["undecodable"]
+    presence = hd.sr.utils.find_content_items(dcmread(path), name=coding.PRESENCE, recursive=True)
+    assert presence[0].ConceptCodeSequence[0].CodeMeaning == "Not Evaluated"
+    assert_valid(path)
     assert not worker.run_once()
 
 
