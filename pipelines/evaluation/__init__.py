@@ -9,3 +9,45 @@ their references. Typical use::
                       detections, comparisons=[("all", "image")])
     write_report(report, Path("out"))
 """
+
+from pipelines.evaluation.bootstrap import Estimate, PatientResamples, patient_resamples
+from pipelines.evaluation.classification import ClassificationMetrics, ConfusionMatrix, RocCurve
+from pipelines.evaluation.calibration import Reliability, expected_calibration_error
+from pipelines.evaluation.delong import DeLongTest, auc_covariance, delong_macro_test, delong_test
+from pipelines.evaluation.detection import FROC_RATES, DetectionMetrics, FrocCurve, ImageDetections
+from pipelines.evaluation.evaluate import (
+    AucComparison,
+    EvaluationConfig,
+    EvaluationReport,
+    LesionClassification,
+    evaluate,
+)
+from pipelines.evaluation.report import ReportFiles, report_json, report_markdown, write_report
+
+__all__ = [
+    "FROC_RATES",
+    "AucComparison",
+    "ClassificationMetrics",
+    "ConfusionMatrix",
+    "DeLongTest",
+    "DetectionMetrics",
+    "Estimate",
+    "EvaluationConfig",
+    "EvaluationReport",
+    "FrocCurve",
+    "ImageDetections",
+    "LesionClassification",
+    "PatientResamples",
+    "Reliability",
+    "ReportFiles",
+    "RocCurve",
+    "auc_covariance",
+    "delong_macro_test",
+    "delong_test",
+    "evaluate",
+    "expected_calibration_error",
+    "patient_resamples",
+    "report_json",
+    "report_markdown",
+    "write_report",
+]
