@@ -37,6 +37,24 @@ class SeriesFilter:
 
 
 @dataclass(frozen=True)
+class IntendedUse:
+    """The images a model is made for, from its bundle: the node routes by modality and body part, the pipeline
+    checks every attribute of each image it is given and leaves out, with the reason, what is outside it.
+
+    Empty ``body_parts`` or ``views`` accept any value; an absent attribute is accepted (the pipeline's own checks,
+    out-of-distribution included, still apply). Body parts are PS3.16 Annex L Defined Terms, matched upper-cased.
+    """
+
+    modalities: tuple[str, ...]
+    body_parts: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()  # View Position values
+    photometric_interpretations: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")
+    pixel_spacing_mm: tuple[float, float] = (0.0, float("inf"))  # [low, high], each of row and column spacing
+    min_size: int = 1  # Rows and Columns, each
+    max_size: int = 65535
+
+
+@dataclass(frozen=True)
 class PipelineRequirements:
     """What a pipeline needs from a study and from the EHR."""
 
@@ -48,6 +66,7 @@ class PipelineRequirements:
     # The anatomic region the pipeline is made for (a CID 4031 code): the finding site the results state when an
     # image's Body Part Examined is empty or has no standard code.
     anatomy: CodedClass | None = None
+    intended_use: IntendedUse | None = None  # None: any image of ``modalities``
 
 
 @dataclass(frozen=True)
