@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,11 @@ class ExcludedInstance:
     """An input instance a run could not analyse, and why; the rest of the study is analysed without it."""
 
     sop_instance_uid: str
-    reason: str  # "undecodable" (its pixel data cannot be decoded) or "unreadable" (the file cannot be read)
-    detail: str = ""  # the decoder's words, without identifiers
+    # "undecodable" (its pixel data cannot be decoded), "unreadable" (the file cannot be read), "outside-intended-use"
+    # (an attribute outside the pipeline's IntendedUse) or "out-of-distribution" (the model's own check: the image is
+    # unlike its training images)
+    reason: str
+    detail: str = ""  # the decoder's words, the attribute and its allowed values, the distance; never identifiers
 
 
 def exception_words(exc: BaseException, limit: int = 240) -> str:
@@ -205,7 +208,3 @@ def missing_inputs(requirements: PipelineRequirements, context: ClinicalContext)
         missing.append("notes")
     return tuple(missing)
 
-
-def select_instances(instances: Sequence[InstanceRef], requirements: PipelineRequirements) -> tuple[InstanceRef, ...]:
-    """Instances whose modality the pipeline accepts (series-level regexes are applied by the node's router)."""
-    return tuple(i for i in instances if i.modality in requirements.modalities)
