@@ -85,6 +85,7 @@ def test_training_images_are_inside() -> None:
 @pytest.mark.parametrize(("name", "words"), [
     ("RG1_UNCR.dcm", "Body Part Examined CHEST is not one of FEMUR"),  # a real chest CR
     ("RG1_J2KI.dcm", "Body Part Examined CHEST"),
+    ("6154", "Body Part Examined CSPINE"),  # a real cervical spine CR (pydicom's DICOMDIR test files), 16 x 16
     ("CT_small.dcm", "Modality CT is not one of CR, DX"),
     ("MR_small.dcm", "Modality MR is not one of CR, DX"),
     ("JPEG2000.dcm", "Modality NM"),  # a real whole-body bone scan: bone, but not a radiograph
