@@ -246,7 +246,7 @@ def export(
 
 @app.command("pipelines")
 def list_pipelines() -> None:
-    """The installed pipelines with their version and inputs."""
+    """The installed pipelines with their version, inputs and intended use."""
     from pipelines.registry import available_pipelines, pipeline_requirements, pipeline_version
 
     for name in available_pipelines():
@@ -256,6 +256,14 @@ def list_pipelines() -> None:
             f"{name} {pipeline_version(name)}: modalities {'/'.join(req.modalities)}, {req.dimensionality}D, "
             f"labs {labs}, notes {'yes' if req.reads_notes else 'no'}"
         )
+        use = req.intended_use
+        if use is not None:
+            low, high = use.pixel_spacing_mm
+            typer.echo(
+                f"  intended use: body parts {', '.join(use.body_parts) or 'any'}; views {'/'.join(use.views) or 'any'}; "
+                f"{'/'.join(use.photometric_interpretations)}; pixel spacing {low:g}-{high:g} mm; "
+                f"{use.min_size}-{use.max_size} pixels a side"
+            )
 
 
 @app.command()

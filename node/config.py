@@ -200,7 +200,24 @@ class Settings:
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
-DEFAULT_ROUTES = (RouteRule("radiograph-lesion", {"Modality": "^(CR|DX)$"}),)
+
+
+def intended_use_routes() -> tuple[RouteRule, ...]:
+    """The routes when the config has no [[route]]: every installed pipeline, for the instances of its intended
+    modalities whose Body Part Examined is absent or one it is made for (matched like the pipeline does: case and
+    surrounding spaces ignored). The pipeline checks the rest of its intended use on each image itself."""
+    from pipelines.registry import available_pipelines, pipeline_requirements
+
+    routes = []
+    for name in available_pipelines():
+        requirements = pipeline_requirements(name)
+        use = requirements.intended_use
+        modalities = use.modalities if use is not None else requirements.modalities
+        patterns = {"Modality": "^(?:" + "|".join(map(re.escape, modalities)) + ")$"}
+        if use is not None and use.body_parts:
+            patterns["BodyPartExamined"] = r"(?i)^\s*(?:" + "|".join(map(re.escape, use.body_parts)) + r")?\s*$"
+        routes.append(RouteRule(name, patterns))
+    return tuple(routes)
 
 _AE_RE = re.compile(r"^[ -~]{1,16}$")
 
@@ -364,7 +381,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
         if getattr(budgets, key) <= 0:
             raise ConfigError(f"budgets.{key} must be > 0 (seconds of wall-clock time)")
 
-    routes: tuple[RouteRule, ...] = DEFAULT_ROUTES
+    routes = intended_use_routes()
     if "route" in raw:
         rules = raw["route"]
         if not isinstance(rules, list):

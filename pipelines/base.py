@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Protocol
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,24 @@ class SeriesFilter:
 
 
 @dataclass(frozen=True)
+class IntendedUse:
+    """The images a model is made for, from its bundle: the node routes by modality and body part, the pipeline
+    checks every attribute of each image it is given and leaves out, with the reason, what is outside it.
+
+    Empty ``body_parts`` or ``views`` accept any value; an absent attribute is accepted (the pipeline's own checks,
+    out-of-distribution included, still apply). Body parts are PS3.16 Annex L Defined Terms, matched upper-cased.
+    """
+
+    modalities: tuple[str, ...]
+    body_parts: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()  # View Position values
+    photometric_interpretations: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")
+    pixel_spacing_mm: tuple[float, float] = (0.0, float("inf"))  # [low, high], each of row and column spacing
+    min_size: int = 1  # Rows and Columns, each
+    max_size: int = 65535
+
+
+@dataclass(frozen=True)
 class PipelineRequirements:
     """What a pipeline needs from a study and from the EHR."""
 
@@ -48,6 +66,7 @@ class PipelineRequirements:
     # The anatomic region the pipeline is made for (a CID 4031 code): the finding site the results state when an
     # image's Body Part Examined is empty or has no standard code.
     anatomy: CodedClass | None = None
+    intended_use: IntendedUse | None = None  # None: any image of ``modalities``
 
 
 @dataclass(frozen=True)
@@ -133,8 +152,11 @@ class ExcludedInstance:
     """An input instance a run could not analyse, and why; the rest of the study is analysed without it."""
 
     sop_instance_uid: str
-    reason: str  # "undecodable" (its pixel data cannot be decoded) or "unreadable" (the file cannot be read)
-    detail: str = ""  # the decoder's words, without identifiers
+    # "undecodable" (its pixel data cannot be decoded), "unreadable" (the file cannot be read), "outside-intended-use"
+    # (an attribute outside the pipeline's IntendedUse) or "out-of-distribution" (the model's own check: the image is
+    # unlike its training images)
+    reason: str
+    detail: str = ""  # the decoder's words, the attribute and its allowed values, the distance; never identifiers
 
 
 def exception_words(exc: BaseException, limit: int = 240) -> str:
@@ -187,7 +209,3 @@ def missing_inputs(requirements: PipelineRequirements, context: ClinicalContext)
         missing.append("notes")
     return tuple(missing)
 
-
-def select_instances(instances: Sequence[InstanceRef], requirements: PipelineRequirements) -> tuple[InstanceRef, ...]:
-    """Instances whose modality the pipeline accepts (series-level regexes are applied by the node's router)."""
-    return tuple(i for i in instances if i.modality in requirements.modalities)

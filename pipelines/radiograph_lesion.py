@@ -1,31 +1,34 @@
 """The ``radiograph-lesion`` pipeline: detect lesions on each CR/DX frame, then classify each with labs and notes.
 
 Pure: reads the study's files and the clinical context it is handed, returns a PipelineResult; writes nothing.
-An image that cannot be read or decoded is left out with its reason (``instances_excluded``); the rest is analysed.
-The detection threshold is the bundle's, fixed at training time on the validation split, never lowered here.
+An image is left out with its reason (``instances_excluded``) when it cannot be read or decoded, when its header is
+outside the bundle's intended use, or when the out-of-distribution check finds it unlike the training images; the
+rest is analysed. The detection threshold is the bundle's, fixed at training time on the validation split, never
+lowered here.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
 
-from pipelines import detect, fuse, imaging
+from pipelines import detect, fuse, imaging, intended_use, ood
 from pipelines.base import (
     ClinicalContext,
     CodedClass,
+    ExcludedInstance,
     Finding,
+    InstanceRef,
     PipelineRequirements,
     PipelineResult,
     PixelBox,
-    ExcludedInstance,
     StudyInput,
     excluded_because,
     missing_inputs,
-    select_instances,
 )
 from pipelines.bundle import LoadedBundle, load_bundle
 from pipelines.specs import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
@@ -45,8 +48,14 @@ class RadiographLesionPipeline:
     requirements: PipelineRequirements = RADIOGRAPH_LESION_REQUIREMENTS
 
     def __init__(self, bundle_dir: Path | None = None, device: str = "auto") -> None:
-        self.bundle: LoadedBundle = load_bundle(bundle_dir or BUNDLES_DIR / RADIOGRAPH_LESION, device)
+        bundle_dir = bundle_dir or BUNDLES_DIR / RADIOGRAPH_LESION
+        self.bundle: LoadedBundle = load_bundle(bundle_dir, device)
         config = self.bundle.config
+        # The bundle says what it is for, and what its training images looked like: a bundle is data.
+        use = intended_use.from_config(config[intended_use.SECTION])
+        self.requirements = replace(RADIOGRAPH_LESION_REQUIREMENTS, modalities=use.modalities, intended_use=use)
+        self.intended_use = use
+        self.ood: ood.OodReference = ood.load_reference(bundle_dir, config)
         self.version: str = str(config["version"])
         self.threshold: float = float(config["detection_threshold"])
         self.input_size: int = int(config["input_size"])
@@ -75,6 +84,36 @@ class RadiographLesionPipeline:
         units = {lab.loinc: lab.unit for lab in self.requirements.labs}
         return {k: v.value for k, v in context.labs.items() if k in units and v.unit == units[k]}
 
+    def _admit(self, instance: InstanceRef, excluded: list[ExcludedInstance]) -> list[imaging.PreparedImage] | None:
+        """The instance's frames ready for the detector, or None after adding to ``excluded`` why it is left out:
+        unreadable, outside the intended use (header only: nothing decoded), undecodable, or out of distribution."""
+        uid = instance.sop_instance_uid
+        try:
+            ds = dcmread(instance.path)
+        except Exception as exc:  # pydicom raises many types for a file it cannot parse
+            excluded.append(excluded_because(uid, "unreadable", exc))
+            return None
+        problem = intended_use.header_problem(ds, self.intended_use)
+        if problem is not None:
+            excluded.append(ExcludedInstance(uid, "outside-intended-use", problem))
+            return None
+        try:
+            ds.pixel_array  # decoded here, once: pydicom keeps the array for prepare_dataset
+        except Exception as exc:  # every decoder raises its own types
+            excluded.append(excluded_because(uid, "undecodable", exc))
+            return None
+        frames = [imaging.prepare_dataset(ds, self.input_size, frame)
+                  for frame in range(1, int(getattr(ds, "NumberOfFrames", 1) or 1) + 1)]
+        features = ood.pooled_features(self.bundle.detector.network, [f.model_input for f in frames], self.bundle.device)
+        distances = self.ood.distances(features)
+        worst = int(distances.argmax())
+        if distances[worst] > self.ood.threshold:
+            where = f"frame {worst + 1}: " if len(frames) > 1 else ""
+            detail = where + self.ood.detail(float(distances[worst]))
+            excluded.append(ExcludedInstance(uid, "out-of-distribution", detail))
+            return None
+        return frames
+
     def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
         labs = self._labs(context)
         missing = list(missing_inputs(self.requirements, context))
@@ -89,20 +128,12 @@ class RadiographLesionPipeline:
         findings: list[Finding] = []
         analysed: list[str] = []
         excluded: list[ExcludedInstance] = []
-        for instance in select_instances(study.instances, self.requirements):
-            try:
-                ds = dcmread(instance.path)
-            except Exception as exc:  # pydicom raises many types for a file it cannot parse
-                excluded.append(excluded_because(instance.sop_instance_uid, "unreadable", exc))
-                continue
-            try:
-                ds.pixel_array  # decoded here, once: pydicom keeps the array for prepare_dataset
-            except Exception as exc:  # every decoder raises its own types
-                excluded.append(excluded_because(instance.sop_instance_uid, "undecodable", exc))
+        for instance in study.instances:
+            frames = self._admit(instance, excluded)
+            if frames is None:
                 continue
             analysed.append(instance.sop_instance_uid)
-            for frame in range(1, int(getattr(ds, "NumberOfFrames", 1) or 1) + 1):
-                prepared = imaging.prepare_dataset(ds, self.input_size, frame)
+            for frame, prepared in enumerate(frames, start=1):
                 found = detect.detect(self.bundle.detector, [prepared.model_input], self.bundle.device)[0]
                 kept = [(imaging.box_to_source(b, prepared), s) for b, s in found if s >= self.threshold]
                 kept = [(b, s) for b, s in kept if b[2] - b[0] >= 1 and b[3] - b[1] >= 1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.base import CodedClass, LabRequirement, PipelineRequirements, SeriesFilter
+from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 
 RADIOGRAPH_LESION = "radiograph-lesion"
 BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
@@ -19,8 +19,37 @@ RADIOGRAPH_LESION_LABS: tuple[LabRequirement, ...] = (
     LabRequirement("1988-5", "C-reactive protein", "mg/L"),
 )
 
-RADIOGRAPH_LESION_REQUIREMENTS = PipelineRequirements(
+# What the model is made for; training writes it into the bundle's config.json ("intended_use", with the reasons
+# below), the pipeline enforces its bundle's on every image, and the node's default routing follows it.
+RADIOGRAPH_LESION_INTENDED_USE = IntendedUse(
     modalities=("CR", "DX"),
+    body_parts=(
+        "FEMUR", "TIBIA", "HUMERUS",  # the cohort's bones
+        "FIBULA", "TIBIAFIBULA", "RADIUS", "ULNA", "RADIUSULNA",  # the other long bones of the limbs
+        "THIGH", "LOWERLEG", "UPPERARM", "FOREARM", "UPPERLIMB", "LOWERLIMB", "EXTREMITY",  # limbs and their segments
+        "LEG", "ARM",  # not Annex L terms, but what many modalities send for the same
+    ),
+    views=("AP", "PA", "LAT", "LL", "RL"),
+    photometric_interpretations=("MONOCHROME1", "MONOCHROME2"),
+    pixel_spacing_mm=(0.05, 0.5),
+    min_size=256,
+    max_size=4800,
+)
+RADIOGRAPH_LESION_INTENDED_USE_WHY: dict[str, str] = {
+    "modalities": "the cohort is computed radiography; DX shows the same projection",
+    "body_parts": "the cohort images the shaft of a long bone of a limb (FEMUR, TIBIA, HUMERUS); the other long "
+                  "bones and the limb segments that hold them look alike; joints, hands, feet, spine, chest, skull "
+                  "and pelvis do not",
+    "views": "frontal (AP, PA) and lateral (LAT, LL, RL) projections, as in the cohort; no obliques or axial views",
+    "photometric_interpretations": "grayscale; MONOCHROME1 is inverted like the training pre-processing does",
+    "pixel_spacing_mm": "CR/DX detector pitches (about 0.1-0.2 mm) and the cohort's 0.3 mm; outside it the image is "
+                        "another kind (mammography, a downsampled export) or its header is wrong",
+    "min_size": "the detector's input is 256 pixels a side: a smaller image would be enlarged (a thumbnail)",
+    "max_size": "larger than any single-exposure CR/DX detector (43 cm at 0.1 mm is 4300 pixels): a stitched image",
+}
+
+RADIOGRAPH_LESION_REQUIREMENTS = PipelineRequirements(
+    modalities=RADIOGRAPH_LESION_INTENDED_USE.modalities,
     series_filter=SeriesFilter(),
     labs=RADIOGRAPH_LESION_LABS,
     reads_notes=True,
@@ -29,6 +58,7 @@ RADIOGRAPH_LESION_REQUIREMENTS = PipelineRequirements(
     # the region the model is made for. (66019005, SCT, "Extremity") is in CID 4031 "Common Anatomic Regions" and is
     # the code PS3.16 Annex L gives Body Part Examined "EXTREMITY" (pydicom codedict: codes.SCT.Extremity).
     anatomy=CodedClass("66019005", "SCT", "Extremity"),
+    intended_use=RADIOGRAPH_LESION_INTENDED_USE,
 )
 
 # Stage-2 classes, in the head's output order: the SNOMED CT morphologic abnormalities that carry ICD-O's behaviour

@@ -22,10 +22,15 @@ from pipelines import detect, fuse, imaging
 from pipelines.bundle import config_sections, resolve_device, round_trip_half, save_bundle
 from pipelines.cohort import LABELS, Case, generate_case
 from pipelines.cohort_io import case_datasets
-from pipelines.specs import RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES
+from pipelines.intended_use import SECTION as INTENDED_USE, to_config
+from pipelines.ood_calibrate import calibrate
+from pipelines.specs import (
+    RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES, RADIOGRAPH_LESION_INTENDED_USE, RADIOGRAPH_LESION_INTENDED_USE_WHY,
+)
 from pipelines.train_card import model_card
 
-VERSION = "0.1.0"
+# 0.2.0: the 0.1.0 weights with an intended use and an out-of-distribution check (their results differ: a new version)
+VERSION = "0.2.0"
 INPUT_SIZE = 256
 MATCH_IOU = 0.3
 Box = tuple[float, float, float, float]
@@ -193,8 +198,10 @@ def _context(cases: dict[int, Case], patients: np.ndarray, config: fuse.FusionCo
 
 
 def train_radiograph_lesion(out_dir: Path, n_patients: int = 480, seed: int = 0, epochs_detector: int = 24,
-                            epochs_classifier: int = 20, device: str = "auto") -> TrainReport:
-    """Generate the cohort, train both stages, evaluate on the held-out 20 %, write the bundle to ``out_dir``."""
+                            epochs_classifier: int = 20, device: str = "auto",
+                            n_ood_held_out: int = 1000) -> TrainReport:
+    """Generate the cohort, train both stages, evaluate on the held-out 20 %, write the bundle to ``out_dir``, then
+    calibrate its out-of-distribution check on ``n_ood_held_out`` held-out patients (``pipelines.ood_calibrate``)."""
     start = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -260,6 +267,7 @@ def train_radiograph_lesion(out_dir: Path, n_patients: int = 480, seed: int = 0,
         config: dict[str, Any] = {
             "name": RADIOGRAPH_LESION, "version": VERSION, "input_size": INPUT_SIZE,
             "detection_threshold": float(detection["threshold"]),
+            INTENDED_USE: to_config(RADIOGRAPH_LESION_INTENDED_USE, RADIOGRAPH_LESION_INTENDED_USE_WHY),
             "classes": [{"value": c.value, "scheme_designator": c.scheme_designator, "meaning": c.meaning,
                          "label": LABELS[i]} for i, c in enumerate(RADIOGRAPH_LESION_CLASSES)],
             **config_sections(det_cfg, fus_cfg),
@@ -269,6 +277,7 @@ def train_radiograph_lesion(out_dir: Path, n_patients: int = 480, seed: int = 0,
             "metrics": metrics,
         }
         save_bundle(Path(out_dir), network, classifier, config, model_card(config))
+        calibrate(Path(out_dir), n_held_out=n_ood_held_out, device=str(torch_device))
         return TrainReport(Path(out_dir), len(train_ids), len(val_ids), float(detection["threshold"]), metrics, seconds)
     finally:
         torch.use_deterministic_algorithms(deterministic)
@@ -283,10 +292,11 @@ def main() -> None:
     parser.add_argument("--epochs-classifier", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-ood-held-out", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = train_radiograph_lesion(args.out_dir, args.n_patients, args.seed, args.epochs_detector,
-                                     args.epochs_classifier, args.device)
+                                     args.epochs_classifier, args.device, args.n_ood_held_out)
     print(report.metrics, report.seconds)
 
 

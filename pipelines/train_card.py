@@ -9,6 +9,58 @@ import json
 from typing import Any
 
 
+def _images_it_is_for(config: dict[str, Any]) -> str:
+    """The bundle's "intended_use" section in words: the pipeline leaves out every image outside it."""
+    use = config.get("intended_use")
+    if not use:
+        return ""
+    why = use.get("why", {})
+    low, high = use["pixel_spacing_mm"]
+    rows = [
+        ("Modality", ", ".join(use["modalities"]), why.get("modalities", "")),
+        ("Body Part Examined (absent: allowed)", ", ".join(use["body_parts"]), why.get("body_parts", "")),
+        ("View Position (absent: allowed)", ", ".join(use["views"]), why.get("views", "")),
+        ("Photometric Interpretation", ", ".join(use["photometric_interpretations"]),
+         why.get("photometric_interpretations", "")),
+        ("Pixel Spacing, else Imager Pixel Spacing (absent: allowed)", f"{low:g}-{high:g} mm",
+         why.get("pixel_spacing_mm", "")),
+        ("Rows and Columns", f"{use['min_size']}-{use['max_size']}",
+         "; ".join(w for w in (why.get("min_size", ""), why.get("max_size", "")) if w)),
+    ]
+    table = "\n".join(f"| {name} | {value} | {reason} |" for name, value, reason in rows)
+    return f"""
+### Images it is made for (config.json "intended_use")
+The node routes to this model only the instances of these modalities and body parts; the pipeline checks every
+attribute below on each image it is given and leaves out, as "outside-intended-use", any image outside them.
+
+| attribute | intended | why |
+|---|---|---|
+{table}
+"""
+
+
+def _ood_check(config: dict[str, Any]) -> str:
+    """The bundle's "ood" section in words: how the out-of-distribution threshold was made."""
+    o = config.get("ood")
+    if not o:
+        return ""
+    fit, held = o["fit"], o["held_out"]
+    return f"""
+### Out-of-distribution check (config.json "ood", {o['file']})
+Every image that passes those checks is scored before detection: the Mahalanobis distance of its features (the
+{o['features']}) to the training images' mean, under their Ledoit-Wolf shrunk covariance (shrinkage
+{o['shrinkage']}), fitted on the {fit['images']} images of training patients {fit['patients'][0]}-{fit['patients'][1] - 1}
+(cohort seed {fit['seed']}). Threshold **{o['threshold']}**: the {o['quantile'] * 100:g}th percentile of the distances
+of {held['images']} held-out images (patients {held['patients'][0]}-{held['patients'][1] - 1} of the same seed: the
+validation split, then patients training never generated; median {held['distance_median']}, maximum
+{held['distance_max']}). An image above it is left out as "out-of-distribution" and gets no finding: by construction
+about {100 - o['quantile'] * 100:.1f} % of this generator's images are, and real radiographs are (the README lists
+the scores of pydicom-data's). Made with:
+
+    {o['command']}
+"""
+
+
 def model_card(config: dict[str, Any]) -> str:
     """Markdown model card: intended use, data, exact command, metrics on the synthetic validation split, limits."""
     training = config["training"]
@@ -27,7 +79,7 @@ def model_card(config: dict[str, Any]) -> str:
 ## Intended use
 Demonstration and automated tests of the DICOM AI node only. **NOT for clinical use**: it has never seen a real
 patient's image, lab value or note, and its outputs mean nothing about real lesions.
-
+{_images_it_is_for(config)}{_ood_check(config)}
 ## What it is
 Two stages mirroring the bone-tumour design (detector on radiographs, then image + blood biomarkers + text fused
 into benign / intermediate / malignant):
@@ -67,8 +119,8 @@ Seconds: {json.dumps(training['seconds'])}.
 No confidence intervals: a single split of a synthetic cohort; these numbers only show that the code trains.
 
 ## Limitations
-- Synthetic phantoms: a tube-like bone with painted lesions. Real radiographs (e.g. pydicom-data's RG3_UNCR)
-  run through the pipeline but any finding there is meaningless.
+- Synthetic phantoms: a tube-like bone with painted lesions. Real radiographs (e.g. pydicom-data's RG3_UNCR, a
+  tibia) are left out by the out-of-distribution check; a finding on a real image it let through would mean nothing.
 - Labs and notes are generated from the same label as the image, so the fusion gain is built in, not discovered.
 - Weights are stored as float16; metrics above were computed with the float16-rounded weights.
 - Lab units are assumed to be the requirement's units; values in other units are treated as missing.

@@ -100,10 +100,18 @@ FHIR_STATUS_CODES: dict[str, Code] = {
 NOT_ANALYSED = Code("AIN030", PRIVATE_SCHEME, "Instance not analysed")
 # The decoder's words are free text about the statement above: DCM "Comment" (CID 12101) says exactly that.
 NOT_ANALYSED_DETAIL = codes.DCM.Comment  # (121106, DCM, "Comment")
-# ExcludedInstance.reason values (pipelines/base.py) -> codes. Nothing standard names a DICOM decoding failure.
+# ExcludedInstance.reason values (pipelines/base.py) -> codes. Nothing standard names a DICOM decoding failure, nor an
+# image outside an algorithm's intended use or unlike its training data: the nearest DCM concepts, "Outside operational
+# limits of the device" (128619) and "Inappropriate for the device" (128618), are CID 800 Protocol Assertions about
+# an acquisition protocol, and "Insufficient quality for interpretation" (110531, CID 9303) would blame the image.
 EXCLUSION_REASON_CODES: dict[str, Code] = {
     "undecodable": Code("AIN040", PRIVATE_SCHEME, "Pixel data cannot be decoded"),
     "unreadable": Code("AIN041", PRIVATE_SCHEME, "Instance cannot be read"),
+    # an attribute (modality, body part, view, photometric interpretation, size, pixel spacing) outside the
+    # pipeline's declared intended use; the Comment names the attribute and what is intended
+    "outside-intended-use": Code("AIN042", PRIVATE_SCHEME, "Image outside the algorithm's intended use"),
+    # the pipeline's own out-of-distribution check: the image is unlike the images the model was trained on
+    "out-of-distribution": Code("AIN043", PRIVATE_SCHEME, "Image unlike the algorithm's training data"),
 }
 
 

@@ -237,18 +237,35 @@ def test_status_endpoints_and_command(node: NodeProcess, cases: dict[int, DemoCa
     assert "SYN-" not in out.stdout, "patient identifiers leak into the status output"
 
 
-def test_jpeg2000_radiograph_is_stored_compressed_and_analysed(node: NodeProcess, pacs: Orthanc) -> None:
-    from pydicom.data import get_testdata_file
+def test_jpeg2000_radiograph_is_stored_compressed_and_analysed(node: NodeProcess, pacs: Orthanc,
+                                                                tmp_path: Path) -> None:
+    from node_fakes import phantom_cr, write_cr
 
-    found_path = get_testdata_file("RG1_J2KR.dcm")  # a real chest CR, JPEG 2000 lossless, from pydicom-data
-    assert found_path is not None
-    path = Path(found_path)
+    path = write_cr(tmp_path / "j2k.dcm", phantom_cr("e2e-j2k", 1, compressed=True))  # JPEG 2000 lossless
     source = dcmread(path, stop_before_pixels=True)
     sent = storescu(node.port, [path], options=("-xv",))  # -xv: propose JPEG 2000 lossless, as such a modality does
     assert sent.returncode == 0, sent.stderr
     found = sr_of(pacs, str(source.StudyInstanceUID), timeout=60)
     summary = read_findings(found["SR"][0])
     assert str(source.SOPInstanceUID) in summary.images_analysed
+    store = Store(node.workdir / "data" / "node.db")
+    row = store.study_instances(str(source.StudyInstanceUID))[0]
+    store.close()
+    assert row["transfer_syntax"] == str(source.file_meta.TransferSyntaxUID), "the node re-encoded what it received"
+
+
+def test_a_real_chest_cr_is_stored_and_routed_nowhere(node: NodeProcess, pacs: Orthanc) -> None:
+    from pydicom.data import get_testdata_file
+
+    found_path = get_testdata_file("RG1_J2KR.dcm")  # a real chest CR, JPEG 2000 lossless, from pydicom-data
+    assert found_path is not None
+    source = dcmread(found_path, stop_before_pixels=True)
+    assert source.BodyPartExamined == "CHEST"
+    sent = storescu(node.port, [Path(found_path)], options=("-xv",))
+    assert sent.returncode == 0, sent.stderr
+    # the bone model's intended use is limb radiographs: with no [[route]] configured, nothing takes a chest CR
+    wait_for(lambda: node.study_status(str(source.StudyInstanceUID)) == "no-pipeline", 30, "'no-pipeline'")
+    assert results_in_orthanc(pacs, str(source.StudyInstanceUID)) == {"SR": [], "SC": [], "KO": [], "PR": []}
     store = Store(node.workdir / "data" / "node.db")
     row = store.study_instances(str(source.StudyInstanceUID))[0]
     store.close()

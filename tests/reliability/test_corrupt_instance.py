@@ -2,6 +2,7 @@
 and get their overlays, and the SR names the excluded one with its reason. Real peers: dcmtk storescu sends the study
 (three CRs uncompressed, one whole JPEG 2000 CR, one JPEG 2000 CR whose tile-part header is garbled, which the
 receive-time "header" check cannot see), Orthanc receives the results; the SR read back from Orthanc passes dciodvfy.
+The valid images are training-cohort radiographs, which the shipped model analyses (it leaves other images out).
 
 Two pipelines: one that simply fails on the bad image (the worker finds the undecodable input and runs it again
 without), and the shipped radiograph-lesion pipeline, which leaves the image out itself.
@@ -21,7 +22,7 @@ from node.localpeers.orthanc import Orthanc
 from node.results.sr import read_findings
 from pipelines.base import ClinicalContext, PipelineResult, StudyInput
 
-from node_fakes import FakePipeline, cr_dataset, j2k_cr, write_cr
+from node_fakes import FakePipeline, j2k_cr, phantom_cr, write_cr
 from peers import InProcessNode, results_in_orthanc, storescu, wait_for
 
 pytestmark = pytest.mark.integration
@@ -53,8 +54,8 @@ def test_a_corrupt_instance_is_excluded_and_the_rest_analysed(tmp_path: Path, pa
     node = InProcessNode(tmp_path / "node", pacs, pipeline, quiet_seconds=1.0).start()
     try:
         name = f"corrupt-{which}-{time.time()}"
-        valid = [write_cr(tmp_path / f"cr-{n}.dcm", cr_dataset(name, n, size=256)) for n in (1, 2, 3)]
-        valid.append(write_cr(tmp_path / "j2k-4.dcm", j2k_cr(name, 4)))
+        valid = [write_cr(tmp_path / f"cr-{n}.dcm", phantom_cr(name, n, seed=n)) for n in (1, 2, 3)]
+        valid.append(write_cr(tmp_path / "j2k-4.dcm", phantom_cr(name, 4, seed=4, compressed=True)))
         bad = j2k_cr(name, 5, "garbled")
         files = [*valid, write_cr(tmp_path / "j2k-5-garbled.dcm", bad)]
         study_uid = str(bad.StudyInstanceUID)

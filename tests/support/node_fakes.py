@@ -78,6 +78,26 @@ def cr_dataset(study: str, n: int, *, modality: str = "CR", size: int = 64, pati
     return ds
 
 
+def phantom_cr(study: str, n: int, *, seed: int = 7, compressed: bool = False, patient_id: str = "SYN-0001") -> Dataset:
+    """A training-cohort radiograph (cohort ``seed``, patient 0, with lesions) as instance ``n`` of a synthetic study:
+    an image the shipped radiograph-lesion model analyses (cr_dataset's squares are out of its distribution).
+    ``compressed``: JPEG 2000 lossless, as a modality proposing it sends it."""
+    from pipelines.cohort import generate_case
+    from pipelines.cohort_io import case_datasets
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = case_datasets(generate_case(seed, 0, min_lesions=1))[0]
+    like = cr_dataset(study, n, patient_id=patient_id)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName",
+                    "PatientBirthDate", "PatientSex", "PatientAge", "StudyDate", "StudyTime", "AccessionNumber",
+                    "StudyID", "SeriesNumber", "InstanceNumber"):
+        setattr(ds, keyword, like.get(keyword))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if compressed:
+        ds.compress(JPEG2000Lossless)
+    return ds
+
+
 def write_cr(path: Path, ds: Dataset) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -30,7 +30,8 @@ def test_serve_refuses_an_unknown_pipeline(tmp_path: Path) -> None:
 def test_pipelines_lists_version_and_inputs() -> None:
     result = runner.invoke(app, ["pipelines"])
     assert result.exit_code == 0
-    assert "radiograph-lesion 0.1.0" in result.output and "1988-5" in result.output
+    assert "radiograph-lesion 0.2.0" in result.output and "1988-5" in result.output
+    assert "intended use: body parts FEMUR, TIBIA, HUMERUS" in result.output and "0.05-0.5 mm" in result.output
 
 
 def test_process_unknown_study_says_so(tmp_path: Path) -> None:

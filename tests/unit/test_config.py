@@ -104,6 +104,7 @@ def test_the_shipped_example_config_loads() -> None:
     s = load_settings(Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml")
     assert s.ingest.own_results == "ignore" and s.ingest.resent_conflict == "keep-first"
     assert s.watchdog.job_stuck_seconds == 3600 and s.assembly.reopen_debounce_seconds == 2
+    assert [r.pipeline for r in s.routes] == ["radiograph-lesion"] and "BodyPartExamined" in s.routes[0].patterns
 
 
 def secret(path: Path, text: str) -> Path:

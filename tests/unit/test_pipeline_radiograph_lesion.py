@@ -1,19 +1,26 @@
-"""The radiograph-lesion pipeline with its shipped bundle: demo study, a real CR, missing EHR, and a tiny retrain."""
+"""The radiograph-lesion pipeline with its shipped bundle: demo study, real images it is not made for (left out, with
+the reason), its out-of-distribution reference, missing EHR, and a tiny retrain."""
 
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom import dcmread
 
 from pipelines.base import ClinicalContext, InstanceRef, LabValue, Pipeline, PipelineResult, StudyInput
-from pipelines.cohort import DemoCase, write_demo_study
+from pipelines.cohort import DemoCase, generate_case, write_demo_study
+from pipelines.cohort_io import case_datasets
 from pipelines.registry import available_pipelines, load_pipeline, pipeline_requirements
 from pipelines.specs import BUNDLES_DIR
 
@@ -106,14 +113,109 @@ def test_ehr_unreachable_is_reported(pipeline: Pipeline, demo: DemoCase) -> None
         assert f.inputs_used == ("image",) and f.inputs_missing == ("labs", "notes")
 
 
-def test_real_cr_runs(pipeline: Pipeline) -> None:
-    found = get_testdata_file("RG3_UNCR.dcm")  # bundled in pydicom-data (a test dependency): no download
-    assert found is not None, "pydicom-data lacks RG3_UNCR.dcm"
-    path = Path(found)
-    result = pipeline.run(_study([path]), ClinicalContext.unavailable("patient-not-found"))
-    assert result.images_analysed == (str(dcmread(path, stop_before_pixels=True).SOPInstanceUID),)
-    for f in result.findings:
-        assert 0 <= f.box.x0 <= f.box.x1 <= 1759 and 0 <= f.box.y0 <= f.box.y1 <= 1759
+def _into(demo: DemoCase, name: str, n: int, out: Path) -> Path:
+    """A real pydicom-data image sent as part of the demo patient's study (as a site's PACS would send its own)."""
+    found = get_testdata_file(name)  # bundled in pydicom-data (a test dependency): no download
+    assert found is not None, f"pydicom-data lacks {name}"
+    ds = dcmread(found)
+    like = dcmread(demo.files[0], stop_before_pixels=True)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+                    "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName"):
+        setattr(ds, keyword, like.get(keyword))
+    ds.SeriesInstanceUID = f"{like.SeriesInstanceUID}.{n}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{like.SeriesInstanceUID}.{n}.1"
+    path = out / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+REAL = ("RG3_UNCR.dcm", "RG1_UNCR.dcm", "CT_small.dcm", "MR_small.dcm")
+
+
+@pytest.fixture(scope="module")
+def mixed(pipeline: Pipeline, demo: DemoCase, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path],
+                                                                                                   PipelineResult]:
+    """The demo study plus real images of pydicom-data, as if an explicit [[route]] sent them all to the model: a
+    tibia CR, a chest CR, a head CT and an MR."""
+    out = tmp_path_factory.mktemp("mixed")
+    files = [*demo.files, *(_into(demo, name, n, out) for n, name in enumerate(REAL, start=1))]
+    return files, pipeline.run(_study(files), _context(demo.fhir_bundle))
+
+
+def test_real_images_get_no_finding_and_the_result_says_why(mixed: tuple[list[Path], PipelineResult],
+                                                           tmp_path: Path) -> None:
+    files, result = mixed
+    uid = {p.name: str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    demo_uids = {uid[p.name] for p in files[:2]}
+    assert set(result.images_analysed) == demo_uids and result.findings
+    assert {f.sop_instance_uid for f in result.findings} <= demo_uids, "a finding on an image that is not a phantom"
+    why = {e.sop_instance_uid: e for e in result.instances_excluded}
+    assert set(why) == {uid[name] for name in REAL}
+    tibia = why[uid["RG3_UNCR.dcm"]]  # a real extremity CR passes the header checks: its pixels are what differ
+    assert tibia.reason == "out-of-distribution"
+    match = re.fullmatch(r"feature distance ([\d.]+) > threshold ([\d.]+) \(the 99.5th percentile of held-out "
+                         r"synthetic images of the training cohort\)", tibia.detail)
+    assert match is not None, tibia.detail
+    assert float(match[1]) > 5 * float(match[2])
+    assert (why[uid["RG1_UNCR.dcm"]].reason, why[uid["RG1_UNCR.dcm"]].detail.split(" is ")[0]) == (
+        "outside-intended-use", "Body Part Examined CHEST")
+    assert why[uid["CT_small.dcm"]].detail == "Modality CT is not one of CR, DX"
+    assert why[uid["MR_small.dcm"]].detail == "Modality MR is not one of CR, DX"
+
+    # the SR names each image left out, with its reason and words, and stays valid
+    from dicom_validation import dciodvfy, errors
+    from node.results.sr import build_sr, read_findings
+
+    excluded = {e.sop_instance_uid for e in result.instances_excluded}
+    sources = [dcmread(p) for p in files if uid[p.name] not in excluded]
+    sources += [dcmread(p, stop_before_pixels=True) for p in files if uid[p.name] in excluded]
+    sr = build_sr(result, sources, series_instance_uid="2.25.1", sop_instance_uid="2.25.2", series_number=9901,
+                  manufacturer="dicom-ai-node", software_version="test", anatomy=pipeline_requirements(NAME).anatomy)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    summary = read_findings(dcmread(path))
+    assert summary.instances_excluded == result.instances_excluded
+    assert errors(dciodvfy(path)) == []
+
+
+def test_the_demo_images_are_in_distribution_and_real_radiographs_far_out(pipeline: Any) -> None:
+    from pipelines import imaging, ood
+
+    def distance(ds: Any) -> float:
+        inputs = [imaging.prepare_dataset(ds, pipeline.input_size).model_input]
+        return float(pipeline.ood.distances(ood.pooled_features(pipeline.bundle.detector.network, inputs,
+                                                                pipeline.bundle.device))[0])
+
+    threshold = pipeline.ood.threshold
+    demo = [distance(ds) for seed in (7, 11) for ds in case_datasets(generate_case(seed, 0, n_images=2, min_lesions=1))]
+    real = {name: distance(dcmread(get_testdata_file(name))) for name in ("RG3_UNCR.dcm", "RG1_UNCR.dcm")}
+    print(f"threshold {threshold}; demo (seeds 7, 11) {[round(d, 1) for d in demo]}; "
+          f"real {({k: round(v, 1) for k, v in real.items()})}")
+    assert max(demo) < threshold < min(real.values())
+    assert max(demo) < 0.8 * threshold, "the demo study sits close to the threshold: recheck the calibration"
+
+
+def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
+    config = json.loads((BUNDLES_DIR / NAME / "config.json").read_text())
+    o = config["ood"]
+    assert (o["quantile"], o["held_out"]["images"]) == (0.995, 1000)
+    assert o["fit"]["images"] == config["metrics"]["split"]["train_patients"] == o["held_out"]["patients"][0]
+    assert o["held_out"]["distance_median"] < o["threshold"] == pipeline.ood.threshold < o["held_out"]["distance_max"]
+    assert o["command"].startswith("python -m pipelines.ood_calibrate ")
+    reference = pipeline.ood
+    assert reference.mean.shape == (96,) and reference.precision.shape == (96, 96)
+    assert np.allclose(reference.precision, reference.precision.T) and np.linalg.eigvalsh(reference.precision).min() > 0
+    card = (BUNDLES_DIR / NAME / "MODEL_CARD.md").read_text()
+    assert f"Threshold **{o['threshold']}**" in card and "outside-intended-use" in card
+
+
+def test_a_bundle_without_its_reference_is_not_loaded(tmp_path: Path) -> None:
+    from pipelines.radiograph_lesion import RadiographLesionPipeline
+
+    for item in ("config.json", "weights.pt", "MODEL_CARD.md"):
+        shutil.copy(BUNDLES_DIR / NAME / item, tmp_path / item)
+    with pytest.raises(FileNotFoundError, match="python -m pipelines.ood_calibrate"):
+        RadiographLesionPipeline(bundle_dir=tmp_path, device="cpu")
 
 
 def test_an_undecodable_image_is_left_out_and_the_rest_analysed(pipeline: Pipeline, demo: DemoCase,
@@ -136,8 +238,13 @@ def test_tiny_training_run_writes_loadable_bundle(tmp_path: Path) -> None:
     from pipelines.train import train_radiograph_lesion
 
     report = train_radiograph_lesion(tmp_path, n_patients=6, seed=1, epochs_detector=1, epochs_classifier=1,
-                                     device="cpu")
+                                     device="cpu", n_ood_held_out=8)
     assert report.n_train_patients + report.n_val_patients == 6
     loaded = RadiographLesionPipeline(bundle_dir=tmp_path, device="cpu")
     assert loaded.threshold == report.detection_threshold
+    # the bundle carries its intended use and its calibrated out-of-distribution check
+    assert loaded.requirements.intended_use == pipeline_requirements(NAME).intended_use
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["ood"]["fit"]["images"] == report.n_train_patients and config["ood"]["held_out"]["images"] == 8
+    assert loaded.ood.threshold == config["ood"]["threshold"] > 0 and (tmp_path / "ood.npz").is_file()
     assert "NOT for clinical use" in (tmp_path / "MODEL_CARD.md").read_text()

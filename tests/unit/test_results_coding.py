@@ -46,3 +46,12 @@ def test_processing_algorithm_is_the_ihe_air_code_declared_with_its_scheme() -> 
     assert coding.IHE_SCHEME_ITEM.CodingSchemeDesignator == "99IHE"
     # No standard purpose of reference says "algorithm" (CID 7005): the IHE code is the one to use.
     assert not any("Algorithm" in name for name in codes.cid7005.dir())
+
+
+@pytest.mark.parametrize("reason", ["undecodable", "unreadable", "outside-intended-use", "out-of-distribution"])
+def test_every_exclusion_reason_a_pipeline_reports_has_its_own_code(reason: str) -> None:
+    code = coding.exclusion_reason_code(reason)
+    assert coding.exclusion_reason_token(code) == reason
+    assert code.scheme_designator == coding.PRIVATE_SCHEME  # no standard concept says it (see coding.py)
+    values = [c.value for c in coding.EXCLUSION_REASON_CODES.values()]
+    assert len(values) == len(set(values))

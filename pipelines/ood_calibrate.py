@@ -1,0 +1,120 @@
+"""Calibrate a radiograph-lesion bundle's out-of-distribution check with its own weights:
+``python -m pipelines.ood_calibrate BUNDLE_DIR``. Deterministic: the images are the bundle's synthetic cohort, re-made
+from its seed.
+
+Reference: the features of the training patients' images (the first ``train_patients`` of the training seed, as
+training used them). Threshold: the ``quantile`` of the distances of held-out patients' images, the ones after them
+(the validation split first, then patients training never generated). Writes ood.npz, the config's "ood" section
+and the model card; the weights and everything else in config.json stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import sklearn
+import torch
+
+from pipelines import imaging, ood
+from pipelines.bundle import load_bundle
+from pipelines.cohort import generate_case
+from pipelines.cohort_io import case_datasets
+from pipelines.train_card import model_card
+
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class OodCalibration:
+    """What calibration found: the threshold and the distances it came from."""
+
+    threshold: float
+    quantile: float
+    fit_images: int
+    held_out_distances: np.ndarray
+    section: dict[str, Any]  # as written to config.json
+
+
+def _inputs(seed: int, patients: range, size: int) -> Iterator[np.ndarray]:
+    """The model inputs of the patients' images, pre-processed exactly as training and inference do."""
+    for index in patients:
+        for ds in case_datasets(generate_case(seed, index)):
+            yield imaging.prepare_dataset(ds, size).model_input
+
+
+def _features(images: Iterator[np.ndarray], network: Any, device: torch.device) -> np.ndarray:
+    rows, pending = [], []
+    for image in images:
+        pending.append(image)
+        if len(pending) == BATCH:
+            rows.append(ood.pooled_features(network, pending, device))
+            pending = []
+    if pending:
+        rows.append(ood.pooled_features(network, pending, device))
+    return np.concatenate(rows)
+
+
+def calibrate(bundle_dir: Path, n_held_out: int = 1000, quantile: float = 0.995, device: str = "cpu") -> OodCalibration:
+    """Fit the reference on the training images, set the threshold on held-out ones, write both into the bundle."""
+    start = time.perf_counter()
+    bundle = load_bundle(bundle_dir, device)
+    config = bundle.config
+    seed = int(config["training"]["seed"])
+    n_train = int(config["metrics"]["split"]["train_patients"])
+    size = int(config["input_size"])
+    network = bundle.detector.network
+    fit_patients, held_out_patients = range(0, n_train), range(n_train, n_train + n_held_out)
+
+    train_features = _features(_inputs(seed, fit_patients, size), network, bundle.device)
+    mean, precision, shrinkage = ood.fit(train_features)
+    reference = ood.OodReference(mean, precision, threshold=float("inf"), quantile=quantile)
+    held_out = reference.distances(_features(_inputs(seed, held_out_patients, size), network, bundle.device))
+    threshold = float(np.quantile(held_out, quantile))
+
+    section: dict[str, Any] = {
+        "file": ood.ARRAYS,
+        "features": "per-channel mean and standard deviation over space of each detector backbone layer that "
+                    f"feeds the FPN, {train_features.shape[1]} values",
+        "distance": "Mahalanobis to the training images' mean, Ledoit-Wolf shrunk covariance",
+        "shrinkage": round(shrinkage, 6),
+        "fit": {"seed": seed, "patients": [fit_patients.start, fit_patients.stop], "images": len(train_features),
+                "distance_max": round(float(reference.distances(train_features).max()), 3)},
+        "held_out": {"seed": seed, "patients": [held_out_patients.start, held_out_patients.stop],
+                     "images": len(held_out), "distance_median": round(float(np.median(held_out)), 3),
+                     "distance_max": round(float(held_out.max()), 3)},
+        "quantile": quantile,
+        "threshold": round(threshold, 3),
+        "command": f"python -m pipelines.ood_calibrate {bundle_dir} --n-held-out {n_held_out} --quantile {quantile}",
+        "versions": {"torch": torch.__version__, "scikit-learn": sklearn.__version__,
+                     "python": platform.python_version()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    ood.save_arrays(bundle_dir, mean, precision)
+    written = {**config, ood.SECTION: section}
+    (bundle_dir / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+    (bundle_dir / "MODEL_CARD.md").write_text(model_card(written))
+    return OodCalibration(round(threshold, 3), quantile, len(train_features), held_out, section)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Calibrate a radiograph-lesion bundle's out-of-distribution check.")
+    parser.add_argument("bundle_dir", type=Path)
+    parser.add_argument("--n-held-out", type=int, default=1000, help="held-out synthetic patients (one image each)")
+    parser.add_argument("--quantile", type=float, default=0.995, help="of their distances: the threshold")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = calibrate(args.bundle_dir, args.n_held_out, args.quantile, args.device)
+    print(json.dumps(result.section, indent=2))
+
+
+if __name__ == "__main__":
+    main()
