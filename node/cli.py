@@ -279,7 +279,7 @@ def train(
     """Train radiograph-lesion on the project's synthetic cohort; write weights, config and model card."""
     import torch
 
-    from pipelines.train import train_radiograph_lesion
+    from pipelines.radiograph_lesion.train import train_radiograph_lesion
 
     setup_logging()
     torch.set_num_threads(threads)

@@ -88,7 +88,7 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
 
 
 def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
-    from pipelines.cohort import write_demo_study
+    from devtools.synthetic.cohort import write_demo_study
 
     workdir = workdir.resolve()
     if workdir.exists():

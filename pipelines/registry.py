@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pipelines.base import Pipeline, PipelineRequirements
-from pipelines.specs import RADIOGRAPH_LESION, REQUIREMENTS
+from pipelines.radiograph_lesion.spec import RADIOGRAPH_LESION, REQUIREMENTS
 
 
 def available_pipelines() -> list[str]:
@@ -30,7 +30,7 @@ def pipeline_requirements(name: str) -> PipelineRequirements:
 @lru_cache(maxsize=None)
 def _load(name: str, device: str) -> Pipeline:
     if name == RADIOGRAPH_LESION:
-        from pipelines.radiograph_lesion import RadiographLesionPipeline
+        from pipelines.radiograph_lesion.pipeline import RadiographLesionPipeline
 
         return RadiographLesionPipeline(device=device)
     raise KeyError(name)  # unreachable: _check ran first
@@ -46,7 +46,7 @@ def pipeline_version(name: str) -> str:
     """The version of the named pipeline's shipped bundle, read from its config (no torch import)."""
     import json
 
-    from pipelines.specs import BUNDLES_DIR
+    from pipelines.radiograph_lesion.spec import BUNDLES_DIR
 
     _check(name)
     config = json.loads((BUNDLES_DIR / name / "config.json").read_text())

@@ -23,7 +23,7 @@ from pydicom import Dataset
 from node.localpeers.fhir import FhirEngine
 from node.localpeers.orthanc import Orthanc
 from node.store import Store
-from pipelines.cohort import DemoCase, write_demo_study
+from devtools.synthetic.cohort import DemoCase, write_demo_study
 
 from peers import NodeProcess, results_in_orthanc, storescu, wait_for
 

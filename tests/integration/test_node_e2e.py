@@ -20,7 +20,7 @@ from node.localpeers.fhir import FhirEngine
 from node.localpeers.orthanc import Orthanc
 from node.results.sr import read_findings
 from node.store import Store
-from pipelines.cohort import DemoCase, write_demo_study
+from devtools.synthetic.cohort import DemoCase, write_demo_study
 
 from dicom_validation import dciodvfy, errors
 from peers import NodeProcess, echoscu, results_in_orthanc, storescu, wait_for

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore
 from node.localpeers.orthanc import Orthanc
 from node.results.sr import read_findings
 from node.store import Store
-from pipelines.cohort import write_demo_study
+from devtools.synthetic.cohort import write_demo_study
 
 from peers import NodeProcess, results_in_orthanc, wait_for
 

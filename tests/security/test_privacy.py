@@ -22,7 +22,7 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore
 
 from node.localpeers.fhir import FhirEngine
 from node.localpeers.orthanc import Orthanc
-from pipelines.cohort import write_demo_study
+from devtools.synthetic.cohort import write_demo_study
 
 from node_fakes import cr_dataset, write_cr
 from peers import NodeProcess, storescu, wait_for

@@ -82,8 +82,8 @@ def phantom_cr(study: str, n: int, *, seed: int = 7, compressed: bool = False, p
     """A training-cohort radiograph (cohort ``seed``, patient 0, with lesions) as instance ``n`` of a synthetic study:
     an image the shipped radiograph-lesion model analyses (cr_dataset's squares are out of its distribution).
     ``compressed``: JPEG 2000 lossless, as a modality proposing it sends it."""
-    from pipelines.cohort import generate_case
-    from pipelines.cohort_io import case_datasets
+    from devtools.synthetic.cohort import generate_case
+    from devtools.synthetic.cohort_io import case_datasets
     from pydicom.uid import JPEG2000Lossless
 
     ds = case_datasets(generate_case(seed, 0, min_lesions=1))[0]

@@ -10,7 +10,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
-from pipelines.cohort import LABELS, generate_case, write_cohort, write_demo_study
+from devtools.synthetic.cohort import LABELS, generate_case, write_cohort, write_demo_study
 
 
 def test_labels_drive_lab_values_on_average() -> None:

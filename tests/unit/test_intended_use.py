@@ -16,10 +16,10 @@ from pydicom.data import get_testdata_file
 from node.config import RouteRule, intended_use_routes, parse_settings
 from node.router import instances_for, pipelines_for, rule_matches
 from pipelines.base import IntendedUse
-from pipelines.cohort import generate_case
-from pipelines.cohort_io import case_datasets
-from pipelines.intended_use import body_part_allowed, from_config, header_problem, to_config
-from pipelines.specs import (
+from devtools.synthetic.cohort import generate_case
+from devtools.synthetic.cohort_io import case_datasets
+from pipelines.common.intended_use import body_part_allowed, from_config, header_problem, to_config
+from pipelines.radiograph_lesion.spec import (
     BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_INTENDED_USE, RADIOGRAPH_LESION_INTENDED_USE_WHY,
 )
 

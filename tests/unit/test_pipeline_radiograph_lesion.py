@@ -19,10 +19,10 @@ from pydicom.data import get_testdata_file
 from pydicom import dcmread
 
 from pipelines.base import ClinicalContext, InstanceRef, LabValue, Pipeline, PipelineResult, StudyInput
-from pipelines.cohort import DemoCase, generate_case, write_demo_study
-from pipelines.cohort_io import case_datasets
+from devtools.synthetic.cohort import DemoCase, generate_case, write_demo_study
+from devtools.synthetic.cohort_io import case_datasets
 from pipelines.registry import available_pipelines, load_pipeline, pipeline_requirements
-from pipelines.specs import BUNDLES_DIR
+from pipelines.radiograph_lesion.spec import BUNDLES_DIR
 
 NAME = "radiograph-lesion"
 
@@ -179,7 +179,7 @@ def test_real_images_get_no_finding_and_the_result_says_why(mixed: tuple[list[Pa
 
 
 def test_the_demo_images_are_in_distribution_and_real_radiographs_far_out(pipeline: Any) -> None:
-    from pipelines import imaging, ood
+    from pipelines.common import imaging, ood
 
     def distance(ds: Any) -> float:
         inputs = [imaging.prepare_dataset(ds, pipeline.input_size).model_input]
@@ -201,7 +201,7 @@ def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
     assert (o["quantile"], o["held_out"]["images"]) == (0.995, 1000)
     assert o["fit"]["images"] == config["metrics"]["split"]["train_patients"] == o["held_out"]["patients"][0]
     assert o["held_out"]["distance_median"] < o["threshold"] == pipeline.ood.threshold < o["held_out"]["distance_max"]
-    assert o["command"].startswith("python -m pipelines.ood_calibrate ")
+    assert o["command"].startswith("python -m pipelines.radiograph_lesion.ood_calibrate ")
     reference = pipeline.ood
     assert reference.mean.shape == (96,) and reference.precision.shape == (96, 96)
     assert np.allclose(reference.precision, reference.precision.T) and np.linalg.eigvalsh(reference.precision).min() > 0
@@ -210,11 +210,11 @@ def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
 
 
 def test_a_bundle_without_its_reference_is_not_loaded(tmp_path: Path) -> None:
-    from pipelines.radiograph_lesion import RadiographLesionPipeline
+    from pipelines.radiograph_lesion.pipeline import RadiographLesionPipeline
 
     for item in ("config.json", "weights.pt", "MODEL_CARD.md"):
         shutil.copy(BUNDLES_DIR / NAME / item, tmp_path / item)
-    with pytest.raises(FileNotFoundError, match="python -m pipelines.ood_calibrate"):
+    with pytest.raises(FileNotFoundError, match="python -m pipelines.radiograph_lesion.ood_calibrate"):
         RadiographLesionPipeline(bundle_dir=tmp_path, device="cpu")
 
 
@@ -234,8 +234,8 @@ def test_an_undecodable_image_is_left_out_and_the_rest_analysed(pipeline: Pipeli
 
 
 def test_tiny_training_run_writes_loadable_bundle(tmp_path: Path) -> None:
-    from pipelines.radiograph_lesion import RadiographLesionPipeline
-    from pipelines.train import train_radiograph_lesion
+    from pipelines.radiograph_lesion.pipeline import RadiographLesionPipeline
+    from pipelines.radiograph_lesion.train import train_radiograph_lesion
 
     report = train_radiograph_lesion(tmp_path, n_patients=6, seed=1, epochs_detector=1, epochs_classifier=1,
                                      device="cpu", n_ood_held_out=8)

@@ -8,7 +8,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from node.results import coding
-from pipelines.specs import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES, RADIOGRAPH_LESION_REQUIREMENTS
+from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES, RADIOGRAPH_LESION_REQUIREMENTS
 
 
 def test_shipped_classes_are_snomed_and_the_bundle_says_the_same() -> None:

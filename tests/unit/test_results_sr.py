@@ -30,7 +30,7 @@ from node.results import coding
 from node.results.sr import build_sr, read_findings
 from node.results.uids import device_uid, input_digest, result_uid
 from pipelines.base import ExcludedInstance, PipelineResult, PixelBox
-from pipelines.specs import RADIOGRAPH_LESION_REQUIREMENTS
+from pipelines.radiograph_lesion.spec import RADIOGRAPH_LESION_REQUIREMENTS
 
 
 MALIGNANT_CODE = Code(MALIGNANT.value, MALIGNANT.scheme_designator, MALIGNANT.meaning)

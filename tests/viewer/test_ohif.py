@@ -182,7 +182,7 @@ def _sr_of(node: InProcessNode, pacs: Orthanc, study_uid: str) -> SrSummary:
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory: pytest.TempPathFactory, pacs: Orthanc, node: InProcessNode) -> Study:
     """The demo study (two CR views, three lesions), sent by Orthanc to the node as a routing rule would."""
-    from pipelines.cohort import write_demo_study
+    from devtools.synthetic.cohort import write_demo_study
 
     case = write_demo_study(tmp_path_factory.mktemp("demo-study"))
     studies = {pacs.upload(path)["ParentStudy"] for path in case.files}
@@ -201,8 +201,8 @@ def no_findings_study(tmp_path_factory: pytest.TempPathFactory, pacs: Orthanc, n
     Orthanc gets the two readable images (and the node's results) but not the garbled one: OHIF would fail to
     decode its thumbnail, an error about that image and not about the SR.
     """
-    from pipelines.cohort import generate_case
-    from pipelines.cohort_io import case_datasets
+    from devtools.synthetic.cohort import generate_case
+    from devtools.synthetic.cohort_io import case_datasets
 
     folder = tmp_path_factory.mktemp("no-findings")
     images = case_datasets(generate_case(11, 3, n_images=2))

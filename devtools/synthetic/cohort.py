@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cohort_io import case_datasets, fhir_bundle, study_uid
-from pipelines.phantom import IMAGE_SIZE, LABELS, CaseImage, render_image
+from devtools.synthetic.cohort_io import case_datasets, fhir_bundle, study_uid
+from devtools.synthetic.phantom import IMAGE_SIZE, LABELS, CaseImage, render_image
 
 __all__ = ["IMAGE_SIZE", "LABELS", "Case", "CaseImage", "DemoCase", "generate_case", "write_cohort", "write_demo_study"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from pipelines import detect, fuse, imaging, intended_use, ood
+from pipelines.common import detect, fuse, imaging, intended_use, ood
 from pipelines.base import (
     ClinicalContext,
     CodedClass,
@@ -30,8 +30,8 @@ from pipelines.base import (
     excluded_because,
     missing_inputs,
 )
-from pipelines.bundle import LoadedBundle, load_bundle
-from pipelines.specs import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
+from pipelines.common.bundle import LoadedBundle, load_bundle
+from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
 
 TRACKING_NAMESPACE = uuid.UUID("6b0f3e3c-2a8d-5f51-b7a4-9c2f0d1e4a77")
 

@@ -3,7 +3,7 @@
 Features: the per-channel mean and standard deviation over space of each layer the detector's ResNet backbone hands
 to its FPN (layer1 and layer2 of the shipped detector: 2 x (16 + 32) = 96 values). Score: their Mahalanobis distance
 to the training images' mean under a Ledoit-Wolf shrunk covariance. The bundle keeps mean and precision in ood.npz and
-the threshold, with how it was calibrated, in config.json ("ood"); ``pipelines.ood_calibrate`` makes both.
+the threshold, with how it was calibrated, in config.json ("ood"); ``pipelines.radiograph_lesion.ood_calibrate`` makes both.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipelines.detect import batch
+from pipelines.common.detect import batch
 
 SECTION = "ood"  # the key in a bundle's config.json
 ARRAYS = "ood.npz"
@@ -73,7 +73,7 @@ def load_reference(bundle_dir: Path, config: dict[str, Any]) -> OodReference:
     if not isinstance(section, dict) or not (bundle_dir / ARRAYS).is_file():
         raise FileNotFoundError(
             f"bundle {bundle_dir} has no out-of-distribution reference (config.json '{SECTION}' and {ARRAYS}): "
-            f"run python -m pipelines.ood_calibrate {bundle_dir}")
+            f"run python -m pipelines.radiograph_lesion.ood_calibrate {bundle_dir}")
     with np.load(bundle_dir / ARRAYS) as arrays:
         mean, precision = arrays["mean"], arrays["precision"]
     return OodReference(mean=mean, precision=precision, threshold=float(section["threshold"]),

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
 if TYPE_CHECKING:
-    from pipelines.cohort import Case
+    from devtools.synthetic.cohort import Case
 
 UID_NAMESPACE = uuid.UUID("0f4d2a52-3c1e-5b8e-9a57-7d1c0e0b6a11")
 IMPLEMENTATION_CLASS_UID = "2.25.126457890121237711459312364150953245983"
@@ -102,7 +102,7 @@ def _iso_date(dicom_date: str) -> date:
 def fhir_bundle(case: Case) -> dict[str, Any]:
     """A FHIR R4 transaction Bundle: Patient, one laboratory Observation per lab present, a DocumentReference."""
     # Lab metadata lives with the generator; imported here to keep this module free of a runtime cycle.
-    from pipelines.cohort import LAB_MODELS
+    from devtools.synthetic.cohort import LAB_MODELS
 
     demo = case.demographics
     patient_url = f"urn:uuid:{_fhir_id(case.seed, case.index, 'patient')}"

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 
 RADIOGRAPH_LESION = "radiograph-lesion"
-BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
+BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
 
 RADIOGRAPH_LESION_LABS: tuple[LabRequirement, ...] = (
     LabRequirement("6768-6", "alkaline phosphatase", "U/L"),
@@ -54,7 +54,7 @@ RADIOGRAPH_LESION_REQUIREMENTS = PipelineRequirements(
     labs=RADIOGRAPH_LESION_LABS,
     reads_notes=True,
     dimensionality=2,
-    # The synthetic cohort images long bones of the limbs (FEMUR, TIBIA, HUMERUS in pipelines/cohort.py): the limb is
+    # The synthetic cohort images long bones of the limbs (FEMUR, TIBIA, HUMERUS in devtools/synthetic/cohort.py): the limb is
     # the region the model is made for. (66019005, SCT, "Extremity") is in CID 4031 "Common Anatomic Regions" and is
     # the code PS3.16 Annex L gives Body Part Examined "EXTREMITY" (pydicom codedict: codes.SCT.Extremity).
     anatomy=CodedClass("66019005", "SCT", "Extremity"),

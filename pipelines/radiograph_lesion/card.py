@@ -94,13 +94,13 @@ Classes:
 {classes}
 
 ## Training data
-The project's synthetic cohort (`pipelines/cohort.py`, seed {training['seed']}, {training['n_patients']} patients,
+The project's synthetic cohort (`devtools/synthetic/cohort.py`, seed {training['seed']}, {training['n_patients']} patients,
 one CR image each; 80/20 patient split). Trained by `dicom-ai-node train` (which calls
-`pipelines.train.train_radiograph_lesion`); this bundle was produced with:
+`pipelines.radiograph_lesion.train.train_radiograph_lesion`); this bundle was produced with:
 
     {command}
 
-(equivalently `python -m pipelines.train pipelines/bundles/radiograph-lesion` with the same options; the same
+(equivalently `python -m pipelines.radiograph_lesion.train pipelines/bundles/radiograph-lesion` with the same options; the same
 command on the same machine type reproduces bit-identical weights).
 
 on {training['device']} (torch {training['torch']}, MONAI {training['monai']}, Python {training['python']}).

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
-from pipelines.detect import DetectorConfig, build_detector, build_network
-from pipelines.fuse import FusionConfig, LesionClassifier
+from pipelines.common.detect import DetectorConfig, build_detector, build_network
+from pipelines.common.fuse import FusionConfig, LesionClassifier
 
 
 @dataclass(frozen=True)

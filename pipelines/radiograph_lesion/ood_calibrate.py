@@ -1,5 +1,5 @@
 """Calibrate a radiograph-lesion bundle's out-of-distribution check with its own weights:
-``python -m pipelines.ood_calibrate BUNDLE_DIR``. Deterministic: the images are the bundle's synthetic cohort, re-made
+``python -m pipelines.radiograph_lesion.ood_calibrate BUNDLE_DIR``. Deterministic: the images are the bundle's synthetic cohort, re-made
 from its seed.
 
 Reference: the features of the training patients' images (the first ``train_patients`` of the training seed, as
@@ -22,11 +22,11 @@ import numpy as np
 import sklearn
 import torch
 
-from pipelines import imaging, ood
-from pipelines.bundle import load_bundle
-from pipelines.cohort import generate_case
-from pipelines.cohort_io import case_datasets
-from pipelines.train_card import model_card
+from pipelines.common import imaging, ood
+from pipelines.common.bundle import load_bundle
+from devtools.synthetic.cohort import generate_case
+from devtools.synthetic.cohort_io import case_datasets
+from pipelines.radiograph_lesion.card import model_card
 
 BATCH = 16
 
@@ -91,7 +91,7 @@ def calibrate(bundle_dir: Path, n_held_out: int = 1000, quantile: float = 0.995,
                      "distance_max": round(float(held_out.max()), 3)},
         "quantile": quantile,
         "threshold": round(threshold, 3),
-        "command": f"python -m pipelines.ood_calibrate {bundle_dir} --n-held-out {n_held_out} --quantile {quantile}",
+        "command": f"python -m pipelines.radiograph_lesion.ood_calibrate {bundle_dir} --n-held-out {n_held_out} --quantile {quantile}",
         "versions": {"torch": torch.__version__, "scikit-learn": sklearn.__version__,
                      "python": platform.python_version()},
         "seconds": round(time.perf_counter() - start, 1),

@@ -18,16 +18,16 @@ import numpy as np
 import torch
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 
-from pipelines import detect, fuse, imaging
-from pipelines.bundle import config_sections, resolve_device, round_trip_half, save_bundle
-from pipelines.cohort import LABELS, Case, generate_case
-from pipelines.cohort_io import case_datasets
-from pipelines.intended_use import SECTION as INTENDED_USE, to_config
-from pipelines.ood_calibrate import calibrate
-from pipelines.specs import (
+from pipelines.common import detect, fuse, imaging
+from pipelines.common.bundle import config_sections, resolve_device, round_trip_half, save_bundle
+from devtools.synthetic.cohort import LABELS, Case, generate_case
+from devtools.synthetic.cohort_io import case_datasets
+from pipelines.common.intended_use import SECTION as INTENDED_USE, to_config
+from pipelines.radiograph_lesion.ood_calibrate import calibrate
+from pipelines.radiograph_lesion.spec import (
     RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES, RADIOGRAPH_LESION_INTENDED_USE, RADIOGRAPH_LESION_INTENDED_USE_WHY,
 )
-from pipelines.train_card import model_card
+from pipelines.radiograph_lesion.card import model_card
 
 # 0.2.0: the 0.1.0 weights with an intended use and an out-of-distribution check (their results differ: a new version)
 VERSION = "0.2.0"
@@ -201,7 +201,7 @@ def train_radiograph_lesion(out_dir: Path, n_patients: int = 480, seed: int = 0,
                             epochs_classifier: int = 20, device: str = "auto",
                             n_ood_held_out: int = 1000) -> TrainReport:
     """Generate the cohort, train both stages, evaluate on the held-out 20 %, write the bundle to ``out_dir``, then
-    calibrate its out-of-distribution check on ``n_ood_held_out`` held-out patients (``pipelines.ood_calibrate``)."""
+    calibrate its out-of-distribution check on ``n_ood_held_out`` held-out patients (``pipelines.radiograph_lesion.ood_calibrate``)."""
     start = time.perf_counter()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,1 @@
+"""Shared parts of the pipelines: image loading, detection, encoders and fusion heads, bundle I/O, intended use, OOD."""
