@@ -217,7 +217,7 @@ def read_fhir_bundle(path: Path) -> Clinical:
     best: dict[str, tuple[datetime, float, str]] = {}
     notes: list[tuple[datetime, str]] = []
     for entry in bundle.entry or []:
-        resource = entry.resource
+        resource: Any = entry.resource
         if resource is None:
             continue
         kind = resource.get_resource_type()
