@@ -130,8 +130,35 @@ class PixelBox:
 
 
 @dataclass(frozen=True)
+class PatientBox:
+    """An axis-aligned box in patient coordinates (DICOM LPS, mm) of one frame of reference: the region of a lesion a
+    3D pipeline found in a volume. Minimum corner first."""
+
+    frame_of_reference_uid: str
+    x0: float
+    y0: float
+    z0: float
+    x1: float
+    y1: float
+    z1: float
+
+    def __post_init__(self) -> None:
+        if not (self.x1 > self.x0 and self.y1 > self.y0 and self.z1 > self.z0):
+            raise ValueError("a PatientBox's maximum corner must exceed its minimum corner on every axis")
+
+    @property
+    def centre(self) -> tuple[float, float, float]:
+        return ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2, (self.z0 + self.z1) / 2)
+
+
+@dataclass(frozen=True)
 class Finding:
-    """One lesion: where stage 1 found it and what stage 2 called it."""
+    """One lesion: where stage 1 found it and what stage 2 called it.
+
+    The region is always given on an image (``sop_instance_uid``, ``frame_number``, ``box`` in its pixels) so that 2D
+    viewers can draw it; a 3D pipeline adds ``volume_box``, the lesion's box in patient coordinates (mm), and gives
+    as the image region the box on the slice through the lesion's centre.
+    """
 
     tracking_uid: str
     tracking_id: str  # human-readable, e.g. "lesion 1"
@@ -145,6 +172,7 @@ class Finding:
     box: PixelBox
     inputs_used: tuple[str, ...]  # e.g. ("image", "labs:6768-6", "notes")
     inputs_missing: tuple[str, ...]  # e.g. ("labs:2532-0", "notes")
+    volume_box: PatientBox | None = None  # 3D pipelines only
 
 
 @dataclass(frozen=True)
