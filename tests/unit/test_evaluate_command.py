@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from datalist_cohort import write_synthetic_datalist
+from matplotlib.container import ErrorbarContainer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -121,10 +122,14 @@ def test_plots_exist_and_draw_report_json_numbers(evaluated: tuple[Any, dict[str
     ax = figures["froc.png"].axes[0]
     np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), data["detection"]["froc_curve"]["fp_per_image"])
     np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), data["detection"]["froc_curve"]["sensitivity"])
-    points = ax.containers[0].lines[0]
-    np.testing.assert_array_equal(points.get_ydata(), [s["value"] for s in data["detection"]["froc"]["sensitivity"]])
-    points = figures["macro_auc.png"].axes[0].containers[0].lines[0]
-    np.testing.assert_array_equal(points.get_xdata(), [s["macro_auc"]["value"] for s in
+    froc_points = ax.containers[0]
+    assert isinstance(froc_points, ErrorbarContainer)
+    np.testing.assert_array_equal(froc_points.lines[0].get_xdata(), data["detection"]["froc"]["fp_per_image"])
+    np.testing.assert_array_equal(froc_points.lines[0].get_ydata(),
+                                  [s["value"] for s in data["detection"]["froc"]["sensitivity"]])
+    auc_points = figures["macro_auc.png"].axes[0].containers[0]
+    assert isinstance(auc_points, ErrorbarContainer)
+    np.testing.assert_array_equal(auc_points.lines[0].get_xdata(), [s["macro_auc"]["value"] for s in
                                                        [*classification["sets"].values(), classification["oracle"]]])
     for path in out.glob("*.png"):
         pixels = np.asarray(Image.open(path).convert("L"))
