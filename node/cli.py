@@ -1,4 +1,4 @@
-"""The ``dicom-ai-node`` command: serve, process, status, pipelines, train and demo.
+"""The ``dicom-ai-node`` command: serve, process, status, pipelines, train, evaluate and demo.
 
 Every command that reads a config takes ``--config FILE``; config errors print the key and the fix, exit 2.
 """
@@ -298,6 +298,10 @@ def demo(
     setup_logging()
     raise typer.Exit(run_demo(workdir, once=once))
 
+
+from node.cli_evaluate import evaluate_command  # noqa: E402  (its own module; torch loads only when it runs)
+
+app.command("evaluate")(evaluate_command)
 
 if __name__ == "__main__":
     app()

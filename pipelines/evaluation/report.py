@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from pipelines.evaluation.bootstrap import Estimate
 from pipelines.evaluation.classification import ClassificationMetrics
 from pipelines.evaluation.detection import DetectionMetrics
 from pipelines.evaluation.evaluate import EvaluationReport
-from pipelines.evaluation.plots import auc_figure, confusion_figure, froc_figure, reliability_figure, roc_figure
+from pipelines.evaluation.plots import report_figures
 
 __all__ = ["SCHEMA", "ReportFiles", "report_json", "report_markdown", "write_report"]
 
@@ -103,9 +103,12 @@ def _detection_json(d: DetectionMetrics) -> dict[str, Any]:
     }
 
 
-def report_json(report: EvaluationReport) -> dict[str, Any]:
-    """The report as JSON-ready data (see the module docstring for the schema)."""
+def report_json(report: EvaluationReport, provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data (see the module docstring for the schema); ``provenance`` (what was evaluated,
+    how: bundle, datalist, split) is stored as given under "provenance"."""
     out: dict[str, Any] = {"schema": SCHEMA, "config": asdict(report.config), "n_patients": report.n_patients}
+    if provenance:
+        out["provenance"] = dict(provenance)
     if report.models:
         out["classification"] = {
             "class_names": list(report.class_names),
@@ -136,10 +139,23 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def report_markdown(report: EvaluationReport) -> str:
+def _provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
+    lines = ["## What was evaluated", ""]
+    for key, value in provenance.items():
+        if isinstance(value, Mapping):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    return [*lines, ""]
+
+
+def report_markdown(report: EvaluationReport, provenance: Mapping[str, Any] | None = None) -> str:
     """Tables of figure, value and interval for a reviewer, with the methods stated underneath."""
     cfg = report.config
-    lines = ["# Evaluation report", "", f"{report.n_patients} patients."]
+    lines = ["# Evaluation report", ""]
+    if provenance and provenance.get("resamples_below_minimum"):
+        lines += [f"**Exploratory: only {cfg.n_resamples} bootstrap resamples (fewer than 1000); the intervals are "
+                  "not stable enough to report.**", ""]
+    lines += [f"{report.n_patients} patients."]
     if report.models:
         lines += [f"{report.n_lesions} lesions; classes: {', '.join(report.class_names)}.", "",
                   "## Classification by prediction set", ""]
@@ -174,6 +190,8 @@ def report_markdown(report: EvaluationReport) -> str:
              ["CPM (mean sensitivity over those rates)", d.mean_sensitivity.text()]],
         )
     skipped = _skipped(report)
+    if provenance:
+        lines += _provenance_lines(provenance)
     lines += ["## Methods", "", *(f"- {m.format(percent=100 * cfg.confidence, **asdict(cfg))}" for m in METHODS), ""]
     if skipped:
         lines += ["Figures with skipped resamples (undefined there): "
@@ -198,25 +216,16 @@ def _skipped(report: EvaluationReport) -> list[tuple[str, int]]:
     return found
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
-
-
-def write_report(report: EvaluationReport, out_dir: Path) -> ReportFiles:
+def write_report(report: EvaluationReport, out_dir: Path, provenance: Mapping[str, Any] | None = None) -> ReportFiles:
     """Write report.json, report.md and the PNG plots into ``out_dir`` (created if needed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report_json(report), indent=2, allow_nan=False) + "\n")
+    data = report_json(report, provenance)
+    json_path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     md_path = out_dir / "report.md"
-    md_path.write_text(report_markdown(report))
-    figures = []
-    for m in [*report.models, *([report.oracle] if report.oracle else [])]:
-        figures += [(f"roc_{_slug(m.name)}.png", roc_figure(m)), (f"confusion_{_slug(m.name)}.png", confusion_figure(m)),
-                    (f"reliability_{_slug(m.name)}.png", reliability_figure(m))]
-    if report.models:
-        figures.append(("macro_auc.png", auc_figure(report)))
-    if report.detection:
-        figures.append(("froc.png", froc_figure(report.detection)))
+    md_path.write_text(report_markdown(report, provenance))
+    # Drawn from the JSON data just written, not from the report object: a plot shows report.json's numbers.
+    figures = report_figures(json.loads(json_path.read_text()))
     plots = []
     for name, fig in figures:
         fig.savefig(out_dir / name, dpi=110)

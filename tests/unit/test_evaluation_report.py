@@ -23,7 +23,14 @@ from pipelines.evaluation import (
     report_markdown,
     write_report,
 )
-from pipelines.evaluation.plots import auc_figure, confusion_figure, froc_figure, reliability_figure, roc_figure
+from pipelines.evaluation.plots import (
+    auc_figure,
+    confusion_figure,
+    froc_figure,
+    reliability_figure,
+    report_figures,
+    roc_figure,
+)
 
 CLASSES = ("benign", "intermediate", "malignant")
 
@@ -124,16 +131,15 @@ def test_plots_draw_the_reports_numbers(evaluated: tuple[EvaluationReport, dict[
         assert m is not None
         stored = data["classification"]["oracle" if m is report.oracle else "sets"]
         stored = stored if m is report.oracle else stored[m.name]
-        ax = roc_figure(m).axes[0]
+        ax = roc_figure(m.name, stored).axes[0]
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         for line, name in zip(ax.get_lines(), CLASSES):
             np.testing.assert_allclose(line.get_xdata(), stored["roc"][name]["false_positive_rate"])
             np.testing.assert_allclose(line.get_ydata(), stored["roc"][name]["true_positive_rate"])
-            auc = stored["per_class"][name]["auc"]
-            assert f"{name}: AUC {auc['value']:.3f} (95% CI {auc['ci_low']:.3f} to {auc['ci_high']:.3f})" in legend
-        ax = confusion_figure(m).axes[0]
+            assert f"{name}: AUC {m.auc[name].text()}" in legend  # the same wording as report.md's tables
+        ax = confusion_figure(m.name, stored).axes[0]
         np.testing.assert_array_equal(ax.images[0].get_array(), stored["confusion_matrix"]["counts"])
-        ax = reliability_figure(m).axes[0]
+        ax = reliability_figure(m.name, stored).axes[0]
         rel = stored["reliability"]
         accuracy = [a for a, c in zip(rel["accuracy"], rel["count"]) if c > 0]
         confidence = [m for m, c in zip(rel["confidence"], rel["count"]) if c > 0]
@@ -141,17 +147,19 @@ def test_plots_draw_the_reports_numbers(evaluated: tuple[EvaluationReport, dict[
         np.testing.assert_allclose([bar.get_height() for bar in bars], accuracy)
         np.testing.assert_allclose([gap.get_y() + gap.get_height() for gap in gaps], confidence)
         assert f"ECE {stored['ece']['value']:.3f}" in ax.get_title()
-    ax = froc_figure(report.detection).axes[0]  # type: ignore[arg-type]
+    ax = froc_figure(data["detection"]).axes[0]
     curve = data["detection"]["froc_curve"]
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), curve["fp_per_image"])
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), curve["sensitivity"])
     points = ax.containers[0].lines[0]
     np.testing.assert_allclose(points.get_xdata(), data["detection"]["froc"]["fp_per_image"])
     np.testing.assert_allclose(points.get_ydata(), [s["value"] for s in data["detection"]["froc"]["sensitivity"]])
-    points = auc_figure(report).axes[0].containers[0].lines[0]
+    points = auc_figure(data["classification"]).axes[0].containers[0].lines[0]
     sets = data["classification"]["sets"]
     np.testing.assert_allclose(points.get_xdata(), [*(s["macro_auc"]["value"] for s in sets.values()),
                                                     data["classification"]["oracle"]["macro_auc"]["value"]])
+    names = [name for name, _ in report_figures(data)]
+    assert len(names) == 3 * 5 + 2 and names[-2:] == ["macro_auc.png", "froc.png"]
 
 
 def test_png_files_exist_and_are_not_blank(evaluated: tuple[EvaluationReport, dict[str, Any], Path, float]) -> None:
