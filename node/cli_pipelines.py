@@ -215,22 +215,24 @@ def install_bundle(
 @pipelines_app.command("export")
 def export_bundle(
     name: str,
-    export_format: str = typer.Option("torchscript", "--format", help="torchscript (ONNX is not offered yet)."),
+    export_format: str = typer.Option("torchscript", "--format", help="torchscript, or onnx (needs the optional "
+                                                                       "onnx, onnxscript and onnxruntime packages)."),
     out: Path = typer.Option(None, "--out", help="Folder to write to (default: the bundle's models/)."),
     config: Path = ConfigOption, bundles_dir: Path = BundlesDirOption,
 ) -> None:
-    """Export both networks of a bundle to TorchScript and check them against the eager networks."""
-    if export_format != "torchscript":
-        raise _fail(f"--format {export_format!r}: only \"torchscript\" is offered")
+    """Export both networks of a bundle to TorchScript or ONNX and check them against the eager networks."""
+    if export_format not in ("torchscript", "onnx"):
+        raise _fail(f"--format {export_format!r}: use \"torchscript\" or \"onnx\"")
     bundle = _bundle(name, site_bundles_dir(config, bundles_dir))
-    from pipelines.common.export import TOLERANCE, export_torchscript
+    from pipelines.common.export import TOLERANCE, export_onnx, export_torchscript
 
     target = out or bundle.path / "models"
     if not os.access(target if target.exists() else target.parent, os.W_OK):
         raise _fail(f"{target} is not writable by this user: pass --out DIR")
     try:
-        exported = export_torchscript(bundle.path, out)
+        exported = (export_torchscript if export_format == "torchscript" else export_onnx)(bundle.path, out)
     except RuntimeError as exc:
         raise _fail(f"export failed: {exc}") from exc
     for item in exported:
-        typer.echo(f"{item.path}: max |TorchScript - eager| = {item.max_abs_difference:.2e} (<= {TOLERANCE:g})")
+        kind = "TorchScript" if export_format == "torchscript" else "ONNX Runtime"
+        typer.echo(f"{item.path}: max |{kind} - eager| = {item.max_abs_difference:.2e} (<= {TOLERANCE:g})")

@@ -1,14 +1,19 @@
-"""TorchScript export of a two-stage bundle's networks, checked against the eager networks before it is reported.
+"""TorchScript or ONNX export of a two-stage bundle's networks, checked against the eager networks before it is
+reported.
 
-Writes ``detector.ts`` (the RetinaNet network: raw class logits and box regressions per FPN level; anchors, decoding
-and NMS stay in MONAI's RetinaNetDetector) and ``classifier.ts`` (the fusion head: logits), each carrying the
-bundle's configs/metadata.json and configs/inference.json as extra files, as MONAI's ``ckpt_export`` does.
+Writes ``detector.ts``/``.onnx`` (the RetinaNet network: raw class logits and box regressions per FPN level; anchors,
+decoding and NMS stay in MONAI's RetinaNetDetector) and ``classifier.ts``/``.onnx`` (the fusion head: logits), each
+carrying the bundle's configs/metadata.json and configs/inference.json (TorchScript extra files, as MONAI's
+``ckpt_export`` does; ONNX metadata properties). ONNX needs the optional ``onnx``, ``onnxscript`` and
+``onnxruntime`` packages (``pip install 'dicom-ai-node[export]'``); the check runs the file in ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,6 +79,72 @@ def export_torchscript(bundle_dir: Path, out_dir: Path | None = None) -> list[Ex
         if not difference <= TOLERANCE:
             path.unlink()
             raise RuntimeError(f"{name}: TorchScript differs from the eager network by {difference:g} "
+                               f"(> {TOLERANCE:g}); not exported")
+        exported.append(ExportedNetwork(path, difference))
+    return exported
+
+
+class _DetectorOutputs(torch.nn.Module):
+    """The RetinaNet network with its dict of per-level lists as a flat tuple: class logits per level, then box
+    regressions per level (what ONNX outputs can be)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(image)
+        return tuple(out["classification"]) + tuple(out["box_regression"])
+
+
+def _onnx_difference(path: Path, reference: list[torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> float:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
+    if len(got) != len(reference) or any(g.shape != tuple(r.shape) for g, r in zip(got, reference)):
+        return float("inf")
+    return max(float(abs(g - r.numpy()).max()) for g, r in zip(got, reference))
+
+
+def export_onnx(bundle_dir: Path, out_dir: Path | None = None) -> list[ExportedNetwork]:
+    """Export both networks to ONNX (batch size free, opset 18) into ``out_dir`` (default: the bundle's models/),
+    run each file in ONNX Runtime and compare it with the eager network; RuntimeError past ``TOLERANCE``."""
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked here: the comparison needs it)
+    except ImportError as exc:
+        raise RuntimeError(f"ONNX export needs the onnx, onnxscript and onnxruntime packages ({exc}): "
+                           "pip install 'dicom-ai-node[export]'") from exc
+    bundle = load_bundle(bundle_dir, "cpu")
+    out = out_dir or (bundle_dir / bundle_layout.MODEL).parent
+    out.mkdir(parents=True, exist_ok=True)
+    properties = {"metadata.json": (bundle_dir / bundle_layout.METADATA).read_text(),
+                  "inference.json": (bundle_dir / bundle_layout.INFERENCE).read_text()}
+    detector_inputs, classifier_inputs = _inputs(bundle)
+    levels = len(bundle.detector_config.feature_map_scales)
+    detector_outputs = [f"class_logits_{i}" for i in range(levels)] + [f"box_regression_{i}" for i in range(levels)]
+    classifier_inputs_names = ["crops", "labs", "lab_missing", "note", "note_missing"]
+    plans: list[tuple[str, torch.nn.Module, tuple[torch.Tensor, ...], list[str], list[str]]] = [
+        ("detector.onnx", _DetectorOutputs(bundle.detector.network), detector_inputs, ["image"], detector_outputs),
+        ("classifier.onnx", bundle.classifier, classifier_inputs, classifier_inputs_names, ["logits"]),
+    ]
+    exported = []
+    for name, network, inputs, input_names, output_names in plans:
+        with torch.inference_mode():
+            reference = _flat(network(*inputs))  # before export: the exporter must not be what both sides share
+        path = out / name
+        axes: dict[str, Any] = {n: {0: "batch"} for n in (*input_names, *output_names)}
+        # A copy goes to the exporter: tracing may leave state behind in the module it traces.
+        torch.onnx.export(copy.deepcopy(network), inputs, str(path), input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, opset_version=18, dynamo=False)
+        model = onnx.load(str(path))
+        onnx.helper.set_model_props(model, properties)
+        onnx.save(model, str(path))
+        difference = _onnx_difference(path, reference, inputs)
+        if not difference <= TOLERANCE:
+            path.unlink()
+            raise RuntimeError(f"{name}: ONNX Runtime differs from the eager network by {difference:g} "
                                f"(> {TOLERANCE:g}); not exported")
         exported.append(ExportedNetwork(path, difference))
     return exported

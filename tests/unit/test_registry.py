@@ -196,4 +196,33 @@ def test_torchscript_export_matches_the_eager_networks(tmp_path: Path) -> None:
     assert max_difference(bundle.detector.network, detector, detector_inputs) <= 1e-4
     classifier = torch.jit.load(str(tmp_path / "classifier.ts"))
     assert max_difference(bundle.classifier, classifier, classifier_inputs) <= 1e-4
-    assert runner.invoke(app, ["pipelines", "export", "radiograph-lesion", "--format", "onnx"]).exit_code == 2
+    assert runner.invoke(app, ["pipelines", "export", "radiograph-lesion", "--format", "tflite"]).exit_code == 2
+
+
+def test_onnx_export_runs_in_onnx_runtime_like_the_eager_networks(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+
+    from pipelines.common.bundle import load_bundle
+    from pipelines.common.export import _inputs, _flat
+
+    result = runner.invoke(app, ["pipelines", "export", "radiograph-lesion", "--format", "onnx", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "classifier.onnx: max |ONNX Runtime - eager|" in result.output
+    bundle = load_bundle(SHIPPED, "cpu")
+    (image,), crops_etc = _inputs(bundle, seed=5)
+    image = image[:1]  # another batch size than the export's: the batch axis is free
+    detector = onnxruntime.InferenceSession(str(tmp_path / "detector.onnx"))
+    got = detector.run(None, {"image": image.numpy()})
+    import torch
+
+    with torch.inference_mode():
+        out = bundle.detector.network(image)
+        expected = _flat([out["classification"], out["box_regression"]])
+        logits = bundle.classifier(*crops_etc)
+    assert max(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected)) <= 1e-4
+    classifier = onnxruntime.InferenceSession(str(tmp_path / "classifier.onnx"))
+    (got_logits,) = classifier.run(None, {i.name: t.numpy() for i, t in zip(classifier.get_inputs(), crops_etc)})
+    assert float(abs(got_logits - logits.numpy()).max()) <= 1e-4
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "classifier.onnx")).metadata_props}
+    assert json.loads(props["metadata.json"])["name"] == "radiograph-lesion"
