@@ -14,6 +14,7 @@ code by naming it (``_target_``); the code that runs a bundle is the implementat
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +39,9 @@ MONAI_REQUIRED = ("version", "changelog", "monai_version", "pytorch_version", "n
                   "network_data_format")
 # Ours that the node needs to list, route and load a bundle.
 NODE_REQUIRED = ("name", "pipeline", INTENDED_IMAGES, "inputs", "classes")
+
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # a folder name and a TOML string; never a path
 
 
 class BundleError(ValueError):
@@ -127,7 +131,7 @@ def check_metadata(metadata: Mapping[str, Any], path: Path) -> None:
         raise BundleError(f"{path}: \"changelog\" has no entry for version {metadata['version']!r}; add "
                           f"\"{metadata['version']}\": \"what changed\"")
     name = str(metadata["name"])
-    if not name.replace("-", "").replace("_", "").isalnum() or name != name.lower() or len(name) > 64:
+    if not NAME_RE.match(name):
         raise BundleError(f"{path}: \"name\" = {name!r}: use lower-case letters, digits, '-' or '_' (it is the "
                           "folder name and what [[route]] pipeline = ... names)")
     try:

@@ -103,6 +103,7 @@ def test_requirements_of_a_site_bundle_need_no_torch(tmp_path: Path) -> None:
     (lambda m: m.update(pipeline="chest-ct"), r"\"pipeline\" = 'chest-ct' is not an implementation.*radiograph-lesion"),
     (lambda m: m.update(changelog={}), r"\"changelog\" has no entry for version"),
     (lambda m: m.update(name="Site Bone"), r"\"name\" = 'Site Bone': use lower-case"),
+    (lambda m: m.update(name="../escape"), r"\"name\" = '../escape': use lower-case"),
     (lambda m: m["inputs"].update(labs=[{"loinc": "6768-6"}]), r"\"inputs\".\"labs\"\[0\] must be"),
     (lambda m: m["intended_images"].update(modalities=[]), r"intended_use\.modalities must name"),
     (lambda m: m.update(classes=m["classes"][:2]), r"lists 2 \"classes\" but the head .* has 3"),
@@ -166,6 +167,17 @@ def test_a_folder_in_bundles_dir_that_is_not_a_bundle_stops_the_config(tmp_path:
     shutil.rmtree(tmp_path / "site" / "notes")
     with pytest.raises(BundleError, match="differs from its folder 'renamed'"):
         installed_bundles(tmp_path / "site")
+
+
+def test_bundles_dir_defaults_under_data_dir_and_is_relative_to_the_config(tmp_path: Path) -> None:
+    assert settings(tmp_path).pipelines.bundles_dir == tmp_path / "data" / "bundles"
+    assert parse_settings({"pipelines": {"bundles_dir": "site"}}, base_dir=tmp_path).pipelines.bundles_dir == \
+        tmp_path / "site"
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=r"pipelines\.bundles_dir = .* is a file: name a folder"):
+        parse_settings({"pipelines": {"bundles_dir": str(tmp_path / "a-file")}})
+    with pytest.raises(ConfigError, match=r"\[pipelines\] has unknown key\(s\) bundle_dir"):
+        parse_settings({"pipelines": {"bundle_dir": "x"}})
 
 
 def test_show_gives_intended_use_inputs_classes_metrics_with_intervals_and_the_card() -> None:
