@@ -1,4 +1,5 @@
-"""The ``dicom-ai-node`` command: serve, process, status, pipelines, train, evaluate and demo.
+"""The ``dicom-ai-node`` command: serve, process, status, pipelines (node/cli_pipelines.py), train, evaluate
+(node/cli_evaluate.py) and demo.
 
 Every command that reads a config takes ``--config FILE``; config errors print the key and the fix, exit 2.
 """
@@ -244,26 +245,9 @@ def export(
                f" ({'de-identified' if summary.deidentified else 'WITH patient identifiers'})")
 
 
-@app.command("pipelines")
-def list_pipelines() -> None:
-    """The installed pipelines with their version, inputs and intended use."""
-    from pipelines.registry import available_pipelines, pipeline_requirements, pipeline_version
+from node.cli_pipelines import pipelines_app  # noqa: E402  (its own module; registered here)
 
-    for name in available_pipelines():
-        req = pipeline_requirements(name)
-        labs = ", ".join(f"{lab.name} ({lab.loinc})" for lab in req.labs) or "none"
-        typer.echo(
-            f"{name} {pipeline_version(name)}: modalities {'/'.join(req.modalities)}, {req.dimensionality}D, "
-            f"labs {labs}, notes {'yes' if req.reads_notes else 'no'}"
-        )
-        use = req.intended_use
-        if use is not None:
-            low, high = use.pixel_spacing_mm
-            typer.echo(
-                f"  intended use: body parts {', '.join(use.body_parts) or 'any'}; views {'/'.join(use.views) or 'any'}; "
-                f"{'/'.join(use.photometric_interpretations)}; pixel spacing {low:g}-{high:g} mm; "
-                f"{use.min_size}-{use.max_size} pixels a side"
-            )
+app.add_typer(pipelines_app, name="pipelines")
 
 
 @app.command()

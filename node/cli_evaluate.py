@@ -25,14 +25,13 @@ def _fail(message: str) -> typer.Exit:
 
 def _bundle_dir(bundle: str) -> Path:
     """A bundle directory as given, or the directory of an installed pipeline of that name."""
-    from pipelines.radiograph_lesion.spec import BUNDLES_DIR
-    from pipelines.registry import available_pipelines
+    from pipelines.registry import available_pipelines, installed_bundle
 
     path = Path(bundle)
     if path.is_dir():
         return path
     if bundle in available_pipelines():
-        return BUNDLES_DIR / bundle
+        return installed_bundle(bundle).path
     raise _fail(f"{bundle!r} is neither a bundle directory nor an installed pipeline "
                 f"({', '.join(available_pipelines())}); give a path to a bundle or one of those names")
 

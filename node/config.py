@@ -121,6 +121,13 @@ class DestinationSettings:
 
 
 @dataclass(frozen=True)
+class PipelinesSettings:
+    """Where the site's own bundles are installed (``dicom-ai-node pipelines install``), beside the shipped ones."""
+
+    bundles_dir: Path = Path("./data/bundles")
+
+
+@dataclass(frozen=True)
 class RouteRule:
     """Send studies whose instances match every pattern (DICOM keyword -> regex) to ``pipeline``."""
 
@@ -197,20 +204,27 @@ class Settings:
     budgets: BudgetSettings = BudgetSettings()
     # where results go: [pacs] (unless its kinds = []) first, then every [[destination]]
     destinations: tuple[DestinationSettings, ...] = ()
+    pipelines: PipelinesSettings = PipelinesSettings()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
 
 
-def intended_use_routes() -> tuple[RouteRule, ...]:
-    """The routes when the config has no [[route]]: every installed pipeline, for the instances of its intended
-    modalities whose Body Part Examined is absent or one it is made for (matched like the pipeline does: case and
-    surrounding spaces ignored). The pipeline checks the rest of its intended use on each image itself."""
-    from pipelines.registry import available_pipelines, pipeline_requirements
+def intended_use_routes(bundles_dir: Path | None = None) -> tuple[RouteRule, ...]:
+    """The routes when the config has no [[route]]: every installed pipeline (shipped, and the site's in
+    ``bundles_dir``), for the instances of its intended modalities whose Body Part Examined is absent or one it is
+    made for (matched like the pipeline does: case and surrounding spaces ignored). The pipeline checks the rest of
+    its intended use on each image itself."""
+    from pipelines.common.bundle_layout import BundleError
+    from pipelines.registry import installed_bundles
 
+    try:
+        bundles = installed_bundles(bundles_dir)
+    except BundleError as exc:
+        raise ConfigError(f"pipelines.bundles_dir: {exc}") from exc
     routes = []
-    for name in available_pipelines():
-        requirements = pipeline_requirements(name)
+    for name, bundle in sorted(bundles.items()):
+        requirements = bundle.requirements
         use = requirements.intended_use
         modalities = use.modalities if use is not None else requirements.modalities
         patterns = {"Modality": "^(?:" + "|".join(map(re.escape, modalities)) + ")$"}
@@ -266,7 +280,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
     _known(raw, "top level",
            {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets",
-            "destination"})
+            "destination", "pipelines"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -381,7 +395,16 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
         if getattr(budgets, key) <= 0:
             raise ConfigError(f"budgets.{key} must be > 0 (seconds of wall-clock time)")
 
-    routes = intended_use_routes()
+    pl = _table(raw, "pipelines")
+    _known(pl, "pipelines", {"bundles_dir"})
+    bundles_dir = Path(_get(pl, "pipelines", "bundles_dir", str, str(data_dir / "bundles")))
+    if not bundles_dir.is_absolute() and base_dir is not None:
+        bundles_dir = base_dir / bundles_dir
+    if bundles_dir.exists() and not bundles_dir.is_dir():
+        raise ConfigError(f"pipelines.bundles_dir = {str(bundles_dir)!r} is a file: name a folder (it is created by "
+                          "'dicom-ai-node pipelines install')")
+    pipelines = PipelinesSettings(bundles_dir=bundles_dir)
+    routes = intended_use_routes(bundles_dir)
     if "route" in raw:
         rules = raw["route"]
         if not isinstance(rules, list):
@@ -402,7 +425,8 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     security = _security(raw, node, base_dir)
     destinations = _destinations(raw, pacs, outbox, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
-                    ingest=ingest, watchdog=watchdog, security=security, budgets=budgets, destinations=destinations)
+                    ingest=ingest, watchdog=watchdog, security=security, budgets=budgets, destinations=destinations,
+                    pipelines=pipelines)
 
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

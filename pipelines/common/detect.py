@@ -23,7 +23,7 @@ BoxXY = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Architecture of the detector; stored in the bundle's config.json so weights load into the same shape."""
+    """Architecture of the detector; stored in configs/inference.json so weights load into the same shape."""
 
     block_inplanes: tuple[int, ...] = (16, 32, 64, 128)
     layers: tuple[int, ...] = (1, 1, 1, 1)

@@ -21,7 +21,7 @@ TEXT_DIM = 384
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """Architecture and input vocabulary of the fusion head (stored in the bundle's config.json)."""
+    """Architecture and input vocabulary of the fusion head (stored in the bundle's configs/inference.json)."""
 
     crop_size: int = 64
     block_inplanes: tuple[int, ...] = (8, 16, 32, 64)

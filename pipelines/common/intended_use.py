@@ -1,4 +1,5 @@
-"""A bundle's intended use as data (its config.json section <-> IntendedUse) and the header check of one image.
+"""A bundle's intended use as data (configs/metadata.json "intended_images", the merged config's "intended_use"
+<-> IntendedUse) and the header check of one image.
 
 Pure pydicom, no pixels and no torch: the node reads the declaration to route, a pipeline checks each instance before
 decoding it. A check's words name the attribute, its value and what is allowed; they never quote a patient's data.
@@ -14,7 +15,7 @@ from pydicom.multival import MultiValue
 
 from pipelines.base import IntendedUse
 
-SECTION = "intended_use"  # the key in a bundle's config.json
+SECTION = "intended_use"  # the key in a bundle's merged config ("intended_images" in configs/metadata.json)
 
 
 def normalise_body_part(value: str) -> str:
@@ -58,7 +59,7 @@ def from_config(section: Mapping[str, Any]) -> IntendedUse:
 
 
 def to_config(use: IntendedUse, why: Mapping[str, str]) -> dict[str, Any]:
-    """The config.json section of ``use``, with a sentence per decision (``why``) for the reader of the bundle."""
+    """The config section of ``use``, with a sentence per decision (``why``) for the reader of the bundle."""
     return {
         "modalities": list(use.modalities),
         "body_parts": list(use.body_parts),

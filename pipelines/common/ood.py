@@ -2,8 +2,9 @@
 
 Features: the per-channel mean and standard deviation over space of each layer the detector's ResNet backbone hands
 to its FPN (layer1 and layer2 of the shipped detector: 2 x (16 + 32) = 96 values). Score: their Mahalanobis distance
-to the training images' mean under a Ledoit-Wolf shrunk covariance. The bundle keeps mean and precision in ood.npz and
-the threshold, with how it was calibrated, in config.json ("ood"); ``pipelines.radiograph_lesion.ood_calibrate`` makes both.
+to the training images' mean under a Ledoit-Wolf shrunk covariance. The bundle keeps mean and precision in
+models/ood.npz and the threshold, with how it was calibrated, in configs/inference.json ("ood");
+``pipelines.radiograph_lesion.ood_calibrate`` makes both.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 
 from pipelines.common.detect import batch
 
-SECTION = "ood"  # the key in a bundle's config.json
-ARRAYS = "ood.npz"
+SECTION = "ood"  # the key in a bundle's configs/inference.json
+ARRAYS = "models/ood.npz"  # relative to the bundle directory
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def save_arrays(bundle_dir: Path, mean: np.ndarray, precision: np.ndarray) -> None:
+    (bundle_dir / ARRAYS).parent.mkdir(parents=True, exist_ok=True)
     np.savez(bundle_dir / ARRAYS, mean=mean.astype(np.float64), precision=precision.astype(np.float64))
 
 
@@ -72,7 +74,7 @@ def load_reference(bundle_dir: Path, config: dict[str, Any]) -> OodReference:
     section = config.get(SECTION)
     if not isinstance(section, dict) or not (bundle_dir / ARRAYS).is_file():
         raise FileNotFoundError(
-            f"bundle {bundle_dir} has no out-of-distribution reference (config.json '{SECTION}' and {ARRAYS}): "
+            f"bundle {bundle_dir} has no out-of-distribution reference (configs/inference.json '{SECTION}' and {ARRAYS}): "
             f"run python -m pipelines.radiograph_lesion.ood_calibrate {bundle_dir}")
     with np.load(bundle_dir / ARRAYS) as arrays:
         mean, precision = arrays["mean"], arrays["precision"]

@@ -113,8 +113,10 @@ def _usable_clinical(clinical: Clinical, units: Mapping[str, str]) -> Clinical:
 def _load(bundle_dir: Path, device: str) -> LoadedBundle:
     from pipelines.common.bundle import load_bundle
 
-    if not (bundle_dir / "config.json").is_file():
-        raise EvaluationInputError(f"{bundle_dir}: not a pipeline bundle (no config.json); give a bundle directory "
+    from pipelines.common.bundle_layout import METADATA
+
+    if not (bundle_dir / METADATA).is_file():
+        raise EvaluationInputError(f"{bundle_dir}: not a pipeline bundle (no {METADATA}); give a bundle directory "
                                    "or an installed pipeline name (dicom-ai-node pipelines lists them)")
     try:
         return load_bundle(bundle_dir, device)

@@ -1,4 +1,4 @@
-"""The MODEL_CARD.md text of a trained radiograph-lesion bundle, rendered from its config.json content.
+"""The model card (docs/README.md) of a trained radiograph-lesion bundle, rendered from its merged config.
 
 Kept apart from the training loop so the card's wording can be read and reviewed on its own.
 """
@@ -29,7 +29,7 @@ def _images_it_is_for(config: dict[str, Any]) -> str:
     ]
     table = "\n".join(f"| {name} | {value} | {reason} |" for name, value, reason in rows)
     return f"""
-### Images it is made for (config.json "intended_use")
+### Images it is made for (configs/metadata.json "intended_images")
 The node routes to this model only the instances of these modalities and body parts; the pipeline checks every
 attribute below on each image it is given and leaves out, as "outside-intended-use", any image outside them.
 
@@ -46,7 +46,7 @@ def _ood_check(config: dict[str, Any]) -> str:
         return ""
     fit, held = o["fit"], o["held_out"]
     return f"""
-### Out-of-distribution check (config.json "ood", {o['file']})
+### Out-of-distribution check (configs/inference.json "ood", {o['file']})
 Every image that passes those checks is scored before detection: the Mahalanobis distance of its features (the
 {o['features']}) to the training images' mean, under their Ledoit-Wolf shrunk covariance (shrinkage
 {o['shrinkage']}), fitted on the {fit['images']} images of training patients {fit['patients'][0]}-{fit['patients'][1] - 1}
@@ -59,6 +59,20 @@ the scores of pydicom-data's). Made with:
 
     {o['command']}
 """
+
+
+def _intervals(metrics: dict[str, Any]) -> str:
+    """The metrics' 95 % confidence intervals as stored in the bundle ("confidence_intervals"), or why there are none."""
+    intervals = metrics.get("confidence_intervals")
+    if not intervals:
+        return "No confidence intervals: a single split of a synthetic cohort; these numbers only show that the code trains."
+    lines = [f"- {name}: {e['value']:.3f} ({100 * e['confidence']:g}% CI {e['ci_low']:.3f} to {e['ci_high']:.3f}, "
+             f"{e['k']}/{e['n']})" if "k" in e else
+             f"- {name}: {e['value']:.3f} ({100 * e['confidence']:g}% CI {e['ci_low']:.3f} to {e['ci_high']:.3f}, n {e['n']})"
+             for name, e in sorted(intervals.items())]
+    methods = sorted({e["ci_method"] for e in intervals.values()})
+    return "Confidence intervals (" + "; ".join(methods) + "):\n" + "\n".join(lines) + \
+        "\n\nA single split of a synthetic cohort: these numbers only show that the code trains."
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -116,7 +130,7 @@ Seconds: {json.dumps(training['seconds'])}.
 - Per-class recall: {json.dumps(cls['per_class_recall'])}; validation counts:
   {json.dumps(cls['per_class_counts_val'])}.
 
-No confidence intervals: a single split of a synthetic cohort; these numbers only show that the code trains.
+{_intervals(metrics)}
 
 ## Limitations
 - Synthetic phantoms: a tube-like bone with painted lesions. Real radiographs (e.g. pydicom-data's RG3_UNCR, a

@@ -4,8 +4,8 @@ from its seed.
 
 Reference: the features of the training patients' images (the first ``train_patients`` of the training seed, as
 training used them). Threshold: the ``quantile`` of the distances of held-out patients' images, the ones after them
-(the validation split first, then patients training never generated). Writes ood.npz, the config's "ood" section
-and the model card; the weights and everything else in config.json stay as they are.
+(the validation split first, then patients training never generated). Writes models/ood.npz, the "ood" section of
+configs/inference.json and the model card (docs/README.md); the weights and every other config key stay as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import sklearn
 import torch
 
-from pipelines.common import imaging, ood
+from pipelines.common import bundle_layout, imaging, ood
 from pipelines.common.bundle import load_bundle
 from devtools.synthetic.cohort import generate_case
 from devtools.synthetic.cohort_io import case_datasets
@@ -39,7 +39,7 @@ class OodCalibration:
     quantile: float
     fit_images: int
     held_out_distances: np.ndarray
-    section: dict[str, Any]  # as written to config.json
+    section: dict[str, Any]  # as written to configs/inference.json
 
 
 def _inputs(seed: int, patients: range, size: int) -> Iterator[np.ndarray]:
@@ -98,8 +98,8 @@ def calibrate(bundle_dir: Path, n_held_out: int = 1000, quantile: float = 0.995,
     }
     ood.save_arrays(bundle_dir, mean, precision)
     written = {**config, ood.SECTION: section}
-    (bundle_dir / "config.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
-    (bundle_dir / "MODEL_CARD.md").write_text(model_card(written))
+    bundle_layout.write_configs(bundle_dir, written)
+    (bundle_dir / bundle_layout.CARD).write_text(model_card(written))
     return OodCalibration(round(threshold, 3), quantile, len(train_features), held_out, section)
 
 

@@ -10,13 +10,12 @@ lowered here.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
 
-from pipelines.common import detect, fuse, imaging, intended_use, ood
+from pipelines.common import bundle_layout, detect, fuse, imaging, intended_use, ood
 from pipelines.base import (
     ClinicalContext,
     CodedClass,
@@ -31,7 +30,7 @@ from pipelines.base import (
     missing_inputs,
 )
 from pipelines.common.bundle import LoadedBundle, load_bundle
-from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
+from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION
 
 TRACKING_NAMESPACE = uuid.UUID("6b0f3e3c-2a8d-5f51-b7a4-9c2f0d1e4a77")
 
@@ -44,25 +43,49 @@ def tracking_uid(sop_instance_uid: str, frame: int, index: int, version: str) ->
 class RadiographLesionPipeline:
     """Stage 1 MONAI RetinaNet on the whole radiograph, stage 2 fusion head per detected box."""
 
-    name: str = RADIOGRAPH_LESION
-    requirements: PipelineRequirements = RADIOGRAPH_LESION_REQUIREMENTS
-
     def __init__(self, bundle_dir: Path | None = None, device: str = "auto") -> None:
         bundle_dir = bundle_dir or BUNDLES_DIR / RADIOGRAPH_LESION
+        self.bundle_dir: Path = bundle_dir
         self.bundle: LoadedBundle = load_bundle(bundle_dir, device)
         config = self.bundle.config
-        # The bundle says what it is for, and what its training images looked like: a bundle is data.
-        use = intended_use.from_config(config[intended_use.SECTION])
-        self.requirements = replace(RADIOGRAPH_LESION_REQUIREMENTS, modalities=use.modalities, intended_use=use)
-        self.intended_use = use
+        metadata, _ = bundle_layout.split_config(config)
+        # The bundle says what it is called, what it needs and is for, and what its training images looked like: a
+        # site's bundle of this implementation under another name runs with no code change.
+        self.name: str = str(config["name"])
+        self.requirements: PipelineRequirements = bundle_layout.requirements_from_metadata(metadata)
+        assert self.requirements.intended_use is not None  # requirements_from_metadata always sets it
+        self.intended_use = self.requirements.intended_use
         self.ood: ood.OodReference = ood.load_reference(bundle_dir, config)
         self.version: str = str(config["version"])
         self.threshold: float = float(config["detection_threshold"])
         self.input_size: int = int(config["input_size"])
-        self.classes: tuple[CodedClass, ...] = tuple(
-            CodedClass(c["value"], c["scheme_designator"], c["meaning"]) for c in config["classes"]
-        )
+        self.classes: tuple[CodedClass, ...] = bundle_layout.classes_from_metadata(metadata)
+        fusion = self.bundle.fusion_config
+        if len(self.classes) != fusion.num_classes:
+            raise ValueError(f"{bundle_dir / bundle_layout.METADATA} lists {len(self.classes)} \"classes\" but the "
+                             f"head in {bundle_layout.INFERENCE} (fusion.num_classes) has {fusion.num_classes}: "
+                             "list one class per output, in the head's order")
+        undeclared = sorted(set(fusion.lab_loincs) - {lab.loinc for lab in self.requirements.labs})
+        if undeclared:
+            raise ValueError(f"{bundle_dir / bundle_layout.METADATA}: \"inputs\".\"labs\" lacks LOINC "
+                             f"{', '.join(undeclared)} that the head reads (fusion.lab_loincs): declare each with "
+                             "its unit")
         self._notes: fuse.NoteEncoder | None = None
+
+    def self_check(self) -> str:
+        """One forward pass of both stages on a blank input of the bundle's sizes: what ``pipelines install`` runs."""
+        size, crop = self.input_size, self.bundle.fusion_config.crop_size
+        detect.detect(self.bundle.detector, [np.zeros((size, size), dtype=np.float32)], self.bundle.device)
+        n_labs = len(self.bundle.fusion_config.lab_loincs)
+        probs = fuse.classify(self.bundle.classifier, np.zeros((1, crop, crop), dtype=np.float32),
+                              np.zeros((1, n_labs), dtype=np.float32), np.ones((1, n_labs), dtype=np.float32),
+                              np.zeros((1, fuse.TEXT_DIM), dtype=np.float32), np.ones(1, dtype=np.float32),
+                              self.bundle.device)
+        if probs.shape != (1, len(self.classes)) or not np.isclose(float(probs.sum()), 1.0, atol=1e-4):
+            raise ValueError(f"the classifier gave probabilities of shape {probs.shape} summing to {probs.sum():.4f}, "
+                             f"not one per class ({len(self.classes)}) summing to 1")
+        return (f"detector on a {size}x{size} input and classifier on a {crop}x{crop} crop ran on "
+                f"{self.bundle.device.type}: {len(self.classes)} class probabilities")
 
     @property
     def device(self) -> str:

@@ -1,13 +1,16 @@
-"""Declarations of the shipped pipelines: requirements and class codes, importable without torch or MONAI.
+"""What radiograph-lesion training writes into a bundle: requirements, intended use, class codes, MONAI metadata.
 
-The registry answers ``pipeline_requirements`` from here so the node can route studies without loading a model.
+Importable without torch or MONAI. At run time the node reads these declarations from each installed bundle's
+configs/metadata.json (``pipelines.registry``), so a site's retrained bundle can declare its own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
+from pipelines.common.bundle_layout import INTENDED_USE_STATEMENT
 
 RADIOGRAPH_LESION = "radiograph-lesion"
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
@@ -19,7 +22,7 @@ RADIOGRAPH_LESION_LABS: tuple[LabRequirement, ...] = (
     LabRequirement("1988-5", "C-reactive protein", "mg/L"),
 )
 
-# What the model is made for; training writes it into the bundle's config.json ("intended_use", with the reasons
+# What the model is made for; training writes it into the bundle's metadata ("intended_images", with the reasons
 # below), the pipeline enforces its bundle's on every image, and the node's default routing follows it.
 RADIOGRAPH_LESION_INTENDED_USE = IntendedUse(
     modalities=("CR", "DX"),
@@ -73,4 +76,68 @@ RADIOGRAPH_LESION_CLASSES: tuple[CodedClass, ...] = (
     CodedClass("86049000", "SCT", "Malignant neoplasm, primary"),
 )
 
-REQUIREMENTS: dict[str, PipelineRequirements] = {RADIOGRAPH_LESION: RADIOGRAPH_LESION_REQUIREMENTS}
+
+
+def _coded(c: CodedClass) -> dict[str, str]:
+    return {"value": c.value, "scheme_designator": c.scheme_designator, "meaning": c.meaning}
+
+
+def network_data_format(config: dict[str, Any]) -> dict[str, Any]:
+    """MONAI's ``network_data_format`` of a radiograph-lesion bundle: what each network takes and gives."""
+    size, crop = int(config["input_size"]), int(config["fusion"]["crop_size"])
+    loincs = list(config["fusion"]["lab_loincs"])
+    labels = [str(c.get("label", c["meaning"])) for c in config["classes"]]
+    return {
+        "inputs": {
+            "image": {"type": "image", "format": "magnitude", "modality": "CR/DX", "num_channels": 1,
+                      "spatial_shape": [size, size], "dtype": "float32", "value_range": [0, 1],
+                      "is_patch_data": False, "channel_def": {"0": "radiograph, windowed, bright = dense, long side "
+                                                                   "scaled to the input and zero-padded"}},
+            "lesion_crop": {"type": "image", "format": "magnitude", "modality": "CR/DX", "num_channels": 1,
+                            "spatial_shape": [crop, crop], "dtype": "float32", "value_range": [0, 1],
+                            "is_patch_data": True, "channel_def": {"0": "detected box with a 25 % margin"}},
+            "labs": {"type": "tabular", "format": "ln-value z-scores and missing flags", "num_channels": 2 * len(loincs),
+                     "dtype": "float32", "channel_def": {str(i): f"LOINC {k}" for i, k in enumerate(loincs)}},
+            "note": {"type": "embedding", "format": "all-MiniLM-L6-v2, L2-normalised, and a missing flag",
+                     "num_channels": 385, "dtype": "float32"},
+        },
+        "outputs": {
+            "boxes": {"type": "object", "format": "xyxy pixel corners of the model input, score per box",
+                      "dtype": "float32", "num_channels": 4, "channel_def": {"0": "lesion"}},
+            "class_probabilities": {"type": "probabilities", "format": "classes", "dtype": "float32",
+                                    "value_range": [0, 1], "num_channels": len(labels),
+                                    "channel_def": {str(i): label for i, label in enumerate(labels)}},
+        },
+    }
+
+
+def metadata_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Metadata a radiograph-lesion bundle carries beside what training puts in its config: MONAI's descriptive
+    fields and the node's declarations (implementation, inputs, anatomy). A key in the config wins."""
+    version = str(config.get("version", "0.0.0"))
+    return {
+        "pipeline": RADIOGRAPH_LESION,
+        "changelog": {version: "trained with dicom-ai-node train (see docs/README.md)"},
+        "task": "Detection of bone lesions on radiographs and their classification (benign, intermediate, "
+                "malignant) from the image, blood biomarkers and clinical notes",
+        "description": "Stage 1: MONAI RetinaNet on the whole radiograph. Stage 2 per detected box: a small MONAI "
+                       "ResNet crop embedding fused with lab z-scores and a sentence embedding of the notes.",
+        "authors": "dicom-ai-node contributors",
+        "copyright": "Copyright (c) dicom-ai-node contributors, Apache-2.0",
+        "data_source": "the project's synthetic cohort (devtools/synthetic/cohort.py): phantoms, generated labs "
+                       "and notes; no patient data",
+        "data_type": "dicom",
+        INTENDED_USE_STATEMENT: "Demonstration and automated tests of the DICOM AI node only; NOT for clinical use",
+        "references": [],
+        "network_data_format": network_data_format(config),
+        "inputs": {
+            "dimensionality": RADIOGRAPH_LESION_REQUIREMENTS.dimensionality,
+            "series_filter": dict(RADIOGRAPH_LESION_REQUIREMENTS.series_filter.patterns),
+            "labs": [{"loinc": lab.loinc, "name": lab.name, "unit": lab.unit} for lab in RADIOGRAPH_LESION_LABS
+                     if lab.loinc in config["fusion"]["lab_loincs"]],
+            "notes": {"reads": RADIOGRAPH_LESION_REQUIREMENTS.reads_notes,
+                      "types": "any DocumentReference of the patient dated up to the study, text/plain attachments"},
+        },
+        "anatomy": None if RADIOGRAPH_LESION_REQUIREMENTS.anatomy is None
+        else _coded(RADIOGRAPH_LESION_REQUIREMENTS.anatomy),
+    }

@@ -18,6 +18,7 @@ from node.router import instances_for, pipelines_for, rule_matches
 from pipelines.base import IntendedUse
 from devtools.synthetic.cohort import generate_case
 from devtools.synthetic.cohort_io import case_datasets
+from pipelines.common.bundle_layout import read_config
 from pipelines.common.intended_use import body_part_allowed, from_config, header_problem, to_config
 from pipelines.radiograph_lesion.spec import (
     BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_INTENDED_USE, RADIOGRAPH_LESION_INTENDED_USE_WHY,
@@ -54,7 +55,7 @@ def row(ds: Dataset) -> dict[str, str]:
 
 
 def test_the_shipped_bundle_declares_what_the_spec_says() -> None:
-    config = json.loads((BUNDLES_DIR / RADIOGRAPH_LESION / "config.json").read_text())
+    config = read_config(BUNDLES_DIR / RADIOGRAPH_LESION)
     assert from_config(config["intended_use"]) == USE
     assert config["intended_use"] == json.loads(json.dumps(to_config(USE, RADIOGRAPH_LESION_INTENDED_USE_WHY)))
     assert set(config["intended_use"]["why"]) == {"modalities", "body_parts", "views", "photometric_interpretations",

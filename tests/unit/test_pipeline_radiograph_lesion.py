@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pipelines.base import ClinicalContext, InstanceRef, LabValue, Pipeline, PipelineResult, StudyInput
 from devtools.synthetic.cohort import DemoCase, generate_case, write_demo_study
 from devtools.synthetic.cohort_io import case_datasets
+from pipelines.common.bundle_layout import CARD, read_config
 from pipelines.registry import available_pipelines, load_pipeline, pipeline_requirements
 from pipelines.radiograph_lesion.spec import BUNDLES_DIR
 
@@ -78,8 +79,10 @@ def test_registry() -> None:
 
 def test_shipped_bundle_loads(pipeline: Pipeline) -> None:
     bundle_dir = BUNDLES_DIR / NAME
-    assert {"weights.pt", "config.json", "MODEL_CARD.md"} <= {p.name for p in bundle_dir.iterdir()}
-    assert sum(p.stat().st_size for p in bundle_dir.iterdir()) < 8 * 1024 * 1024
+    files = {str(p.relative_to(bundle_dir)) for p in bundle_dir.rglob("*") if p.is_file()}
+    assert {"configs/metadata.json", "configs/inference.json", "models/model.pt", "models/ood.npz",
+            "docs/README.md"} <= files
+    assert sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file()) < 8 * 1024 * 1024
     assert pipeline.name == NAME and pipeline.version
     assert pipeline.requirements.reads_notes and pipeline.requirements.dimensionality == 2
     assert load_pipeline(NAME, device="cpu") is pipeline  # cached per process
@@ -196,7 +199,7 @@ def test_the_demo_images_are_in_distribution_and_real_radiographs_far_out(pipeli
 
 
 def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
-    config = json.loads((BUNDLES_DIR / NAME / "config.json").read_text())
+    config = read_config(BUNDLES_DIR / NAME)
     o = config["ood"]
     assert (o["quantile"], o["held_out"]["images"]) == (0.995, 1000)
     assert o["fit"]["images"] == config["metrics"]["split"]["train_patients"] == o["held_out"]["patients"][0]
@@ -205,15 +208,15 @@ def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
     reference = pipeline.ood
     assert reference.mean.shape == (96,) and reference.precision.shape == (96, 96)
     assert np.allclose(reference.precision, reference.precision.T) and np.linalg.eigvalsh(reference.precision).min() > 0
-    card = (BUNDLES_DIR / NAME / "MODEL_CARD.md").read_text()
+    card = (BUNDLES_DIR / NAME / CARD).read_text()
     assert f"Threshold **{o['threshold']}**" in card and "outside-intended-use" in card
 
 
 def test_a_bundle_without_its_reference_is_not_loaded(tmp_path: Path) -> None:
     from pipelines.radiograph_lesion.pipeline import RadiographLesionPipeline
 
-    for item in ("config.json", "weights.pt", "MODEL_CARD.md"):
-        shutil.copy(BUNDLES_DIR / NAME / item, tmp_path / item)
+    shutil.copytree(BUNDLES_DIR / NAME, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "models" / "ood.npz").unlink()
     with pytest.raises(FileNotFoundError, match="python -m pipelines.radiograph_lesion.ood_calibrate"):
         RadiographLesionPipeline(bundle_dir=tmp_path, device="cpu")
 
@@ -244,7 +247,14 @@ def test_tiny_training_run_writes_loadable_bundle(tmp_path: Path) -> None:
     assert loaded.threshold == report.detection_threshold
     # the bundle carries its intended use and its calibrated out-of-distribution check
     assert loaded.requirements.intended_use == pipeline_requirements(NAME).intended_use
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = read_config(tmp_path)
     assert config["ood"]["fit"]["images"] == report.n_train_patients and config["ood"]["held_out"]["images"] == 8
-    assert loaded.ood.threshold == config["ood"]["threshold"] > 0 and (tmp_path / "ood.npz").is_file()
-    assert "NOT for clinical use" in (tmp_path / "MODEL_CARD.md").read_text()
+    assert loaded.ood.threshold == config["ood"]["threshold"] > 0 and (tmp_path / "models" / "ood.npz").is_file()
+    assert "NOT for clinical use" in (tmp_path / CARD).read_text()
+    # written in MONAI's layout, with MONAI's metadata fields and the node's declarations
+    from pipelines.registry import read_bundle
+
+    bundle = read_bundle(tmp_path, "site")
+    assert (bundle.name, bundle.implementation) == (NAME, NAME)
+    assert bundle.requirements == loaded.requirements
+    assert bundle.metadata["monai_version"] and bundle.metadata["changelog"][bundle.version]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from pydicom.sr.codedict import codes
 
 from node.results import coding
+from pipelines.common.bundle_layout import CARD, read_config
 from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_CLASSES, RADIOGRAPH_LESION_REQUIREMENTS
 
 
@@ -16,10 +16,10 @@ def test_shipped_classes_are_snomed_and_the_bundle_says_the_same() -> None:
     assert [(c.value, c.scheme_designator) for c in RADIOGRAPH_LESION_CLASSES] == [
         ("3898006", "SCT"), ("86251006", "SCT"), ("86049000", "SCT")]
     assert RADIOGRAPH_LESION_CLASSES[1].meaning == "Neoplasm, uncertain whether benign or malignant"
-    config = json.loads((BUNDLES_DIR / RADIOGRAPH_LESION / "config.json").read_text())
+    config = read_config(BUNDLES_DIR / RADIOGRAPH_LESION)
     assert [(c["value"], c["scheme_designator"], c["meaning"]) for c in config["classes"]] == [
         (c.value, c.scheme_designator, c.meaning) for c in RADIOGRAPH_LESION_CLASSES]
-    assert "99AINODE" not in (BUNDLES_DIR / RADIOGRAPH_LESION / "MODEL_CARD.md").read_text()
+    assert "99AINODE" not in (BUNDLES_DIR / RADIOGRAPH_LESION / CARD).read_text()
 
 
 def test_pipeline_anatomy_is_a_common_anatomic_region() -> None:
