@@ -1,82 +1,53 @@
-"""Synthetic bone-lesion cohort: radiograph-like images, lesion boxes and labels, labs and notes per patient.
+"""Synthetic bone-lesion cohort: patients with a class, radiographs with lesion boxes, labs, a note, and the oracle.
 
-Pure numpy, no I/O: ``cohort_io`` turns a :class:`Case` into DICOM files and a FHIR bundle. Nothing here is data
-from a real patient; it exists to train and test the ``radiograph-lesion`` pipeline end to end.
-
-How a case is made (all draws from ``numpy.random.default_rng([seed, index])``, so a case is a pure function of
-``(seed, index)``):
-
-* Image: 512x512, 12 bits stored in 16. A long bone (femur, tibia or humerus) is a slightly tilted tube whose
-  projection has a bright cortex and a darker medulla, inside a soft-tissue envelope, on a smooth background,
-  with blur and quantum-like noise.
-* Lesions: 1-3 per image (about 10 % of images have none), placed on the bone without overlap. The label sets the
-  look: *benign* is small (radius 9-15 px) and well defined, a lucent centre with a sclerotic rim; *intermediate*
-  is medium (18-28 px), expansile, lucent with thin septa and a thin rim; *malignant* is large (30-45 px),
-  ill defined, permeative (mottled lucency with a wide transition zone) with a soft-tissue mass and spicules.
-  A patient has a primary label; extra lesions share it or are less aggressive. The box is the lesion's extent.
-  A quarter of lesions are *atypical*: drawn with a neighbouring label's look (benign <-> intermediate <->
-  malignant) while keeping their label, so the image alone cannot classify every lesion.
-* Labs (per patient, driven by the worst label): alkaline phosphatase (LOINC 6768-6, U/L), LDH (2532-0, U/L),
-  calcium (17861-6, mg/dL), CRP (1988-5, mg/L); each missing with probability 0.2. Distributions overlap.
-* Note: a short text whose wording depends on the worst label; 15 % of notes borrow a sentence from another
-  label and 10 % of patients have no note at all.
+How a case is made is stated in this package's README (every parameter, and the measured oracle AUCs). In short:
+a class per patient (``evidence.PRIOR``); every lesion of the patient has that class; each lesion's image latent,
+each lab value and each note sentence is drawn independently given the class (``evidence``); ``phantom`` renders
+the latents into lesions on one of five limb anatomies with randomised acquisition. A case is a pure function of
+``(seed, index)``: three independent random streams (truth, patient, pixels of image i) keep the truth of a patient
+the same whatever is rendered. ``cohort_io`` turns a case into DICOM and FHIR; ``write_cohort`` writes a datalist.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from devtools.synthetic.anatomy import ANATOMIES, IMAGE_SIZE, PIXEL_SPACING_MM, Box
 from devtools.synthetic.cohort_io import case_datasets, fhir_bundle, study_uid
-from devtools.synthetic.phantom import IMAGE_SIZE, LABELS, CaseImage, render_image
-
-__all__ = ["IMAGE_SIZE", "LABELS", "Case", "CaseImage", "DemoCase", "generate_case", "write_cohort", "write_demo_study"]
-
-BODY_PARTS: tuple[str, ...] = ("FEMUR", "TIBIA", "HUMERUS")
-
-# (loinc, display, unit, mean per label, sd per label); CRP is log-normal (mean/sd of ln value).
-LAB_MODELS: tuple[tuple[str, str, str, tuple[float, float, float], tuple[float, float, float]], ...] = (
-    ("6768-6", "Alkaline phosphatase [Enzymatic activity/volume] in Serum or Plasma", "U/L",
-     (85.0, 140.0, 260.0), (25.0, 45.0, 90.0)),
-    ("2532-0", "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma", "U/L",
-     (180.0, 230.0, 380.0), (40.0, 60.0, 120.0)),
-    ("17861-6", "Calcium [Mass/volume] in Serum or Plasma", "mg/dL", (9.4, 9.7, 10.4), (0.4, 0.5, 0.8)),
-    ("1988-5", "C reactive protein [Mass/volume] in Serum or Plasma", "mg/L",
-     (float(np.log(2.0)), float(np.log(6.0)), float(np.log(20.0))), (0.7, 0.7, 0.7)),
+from devtools.synthetic.evidence import (
+    LAB_MODELS,
+    LABELS,
+    MODALITIES,
+    NOTE_SENTENCES,
+    draw_image_evidence,
+    draw_label,
+    draw_labs,
+    draw_note_sentences,
+    posterior,
 )
-LAB_MISSING_PROBABILITY = 0.2
+from devtools.synthetic.phantom import render_image
 
-NOTE_SENTENCES: dict[str, tuple[str, ...]] = {
-    "benign": (
-        "Incidental finding, patient asymptomatic.",
-        "No night pain, no weight loss.",
-        "Long-standing painless lump, unchanged for years.",
-        "Follow-up of a known lesion, reported as stable.",
-        "Minor knock during sport, otherwise well.",
-    ),
-    "intermediate": (
-        "Intermittent dull ache for several months.",
-        "Mild swelling with activity-related pain.",
-        "Lesion slowly enlarging compared with prior imaging.",
-        "Occasional pain relieved by simple analgesia.",
-        "Local tenderness on examination, no systemic symptoms.",
-    ),
-    "malignant": (
-        "Progressive pain at rest, waking at night.",
-        "Rapidly growing palpable mass over weeks.",
-        "Unintentional weight loss and fatigue.",
-        "Warm, firm swelling with restricted movement.",
-        "Night sweats and constant deep bone pain.",
-    ),
-}
+__all__ = ["BODY_PARTS", "IMAGE_SIZE", "LABELS", "LAB_MODELS", "NOTE_SENTENCES", "Case", "CaseImage", "DemoCase",
+           "Demographics", "PatientTruth", "generate_case", "oracle_probabilities", "patient_truth", "write_cohort",
+           "write_demo_study"]
+
+BODY_PARTS: tuple[str, ...] = tuple(ANATOMIES)
+BODY_PART_WORDS = {"FEMUR": "femur", "TIBIA": "tibia", "HUMERUS": "humerus", "FOREARM": "forearm",
+                   "LOWERLEG": "lower leg"}
+LESION_COUNTS: tuple[tuple[int, float], ...] = ((0, 0.15), (1, 0.4), (2, 0.3), (3, 0.15))  # per image, not class
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+_TRUTH, _PATIENT, _PIXELS = 0, 1, 2  # the random streams of a case
 
 
 @dataclass(frozen=True)
 class Demographics:
-    """Synthetic identity of a patient (never a real person)."""
+    """Synthetic identity of a patient (never a real person); independent of the class."""
 
     patient_id: str
     family_name: str
@@ -84,8 +55,44 @@ class Demographics:
     birth_date: str  # YYYYMMDD
     sex: str  # "M" or "F"
     study_date: str  # YYYYMMDD
-    body_part: str
+    body_part: str  # DICOM PS3.16 Annex L term, one of BODY_PARTS
     laterality: str  # "L" or "R"
+
+
+@dataclass(frozen=True)
+class CaseImage:
+    """One radiograph of a case as stored, with the truth about its lesions (one entry per box)."""
+
+    pixels: np.ndarray  # (rows, cols) uint16, 12 bits used, stored values (MONOCHROME1: dense is dark)
+    boxes: tuple[Box, ...]  # (x0, y0, x1, y1) in pixel columns/rows: the lesion's extent
+    labels: tuple[str, ...]  # one of LABELS per box (the patient's class)
+    view: str  # "AP" or "LAT"
+    evidence: tuple[float, ...] = ()  # the image latent z per box
+    oracle: tuple[tuple[float, ...], ...] = ()  # p(class | z, labs, note) per box
+    photometric: str = "MONOCHROME2"
+    window: tuple[float, float] = (2048.0, 4096.0)  # Window Center, Window Width of the stored values
+    pixel_spacing_mm: float = 0.2
+    marker_box: Box = (0.0, 0.0, 0.0, 0.0)  # the burned-in L/R marker
+    field: tuple[int, int, int, int] = (0, 0, IMAGE_SIZE, IMAGE_SIZE)  # collimated field x0, y0, x1, y1
+
+
+@dataclass(frozen=True)
+class PatientTruth:
+    """Everything about a patient except pixels: class, lesion latents per image, labs, note. Cheap to draw."""
+
+    seed: int
+    index: int
+    demographics: Demographics
+    label: str
+    evidence: tuple[tuple[float, ...], ...]  # per image, per lesion
+    n_clear: int  # the first n_clear lesions of each image are drawn clearly visible
+    labs: dict[str, float]
+    note: str | None
+    pixel_spacing_mm: float
+
+    @property
+    def lesion_evidence(self) -> tuple[float, ...]:
+        return tuple(z for image in self.evidence for z in image)
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,12 @@ class Case:
     images: tuple[CaseImage, ...]
     labs: dict[str, float]
     note: str | None
-    worst_label: str | None  # None when no image has a lesion
+    label: str  # the patient's class; every lesion has it
+
+    @property
+    def worst_label(self) -> str | None:
+        """The class of the case's lesions; None when no image has a lesion."""
+        return self.label if self.boxes else None
 
     @property
     def image(self) -> np.ndarray:
@@ -106,48 +118,23 @@ class Case:
         return self.images[0].pixels
 
     @property
-    def boxes(self) -> tuple[tuple[float, float, float, float], ...]:
+    def boxes(self) -> tuple[Box, ...]:
         return tuple(b for im in self.images for b in im.boxes)
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(label for im in self.images for label in im.labels)
 
-
-def _labs(rng: np.random.Generator, worst: str | None) -> dict[str, float]:
-    rank = LABELS.index(worst) if worst is not None else 0
-    labs: dict[str, float] = {}
-    for loinc, _, _, means, sds in LAB_MODELS:
-        if rng.random() < LAB_MISSING_PROBABILITY:
-            continue
-        value = rng.normal(means[rank], sds[rank])
-        value = float(np.exp(value)) if loinc == "1988-5" else float(max(value, 0.2 * means[0]))
-        labs[loinc] = round(value, 1)
-    return labs
-
-
-def _note(rng: np.random.Generator, worst: str | None, demo: Demographics, age: int) -> str | None:
-    if rng.random() < 0.1:
-        return None
-    label = worst or "benign"
-    sentences = list(rng.choice(NOTE_SENTENCES[label], size=2, replace=False))
-    if rng.random() < 0.15:
-        other = [lab for lab in LABELS if lab != label][int(rng.integers(0, 2))]
-        sentences[1] = str(rng.choice(NOTE_SENTENCES[other]))
-    sex = "man" if demo.sex == "M" else "woman"
-    side = "left" if demo.laterality == "L" else "right"
-    opening = f"{age}-year-old {sex} referred for radiographs of the {side} {demo.body_part.lower()}."
-    return " ".join([opening, *sentences])
+    @property
+    def lesion_evidence(self) -> tuple[float, ...]:
+        return tuple(z for im in self.images for z in im.evidence)
 
 
 FAMILY = ("Smith", "Jones", "Garcia", "Muller", "Rossi", "Novak", "Silva", "Kim", "Dubois", "Berg")
 GIVEN = ("Alex", "Sam", "Robin", "Charlie", "Jamie", "Kai", "Noa", "Toni", "Maxi", "Luca")
 
 
-def generate_case(seed: int, index: int, n_images: int = 1, min_lesions: int = 0) -> Case:
-    """The ``index``-th synthetic patient of cohort ``seed``; ``min_lesions`` forces lesions on every image."""
-    rng = np.random.default_rng([seed, index])
-    primary = LABELS[int(rng.choice(3, p=[0.4, 0.3, 0.3]))]
+def _demographics(rng: np.random.Generator, seed: int, index: int) -> tuple[Demographics, int]:
     age = int(rng.integers(12, 80))
     study_year = 2025
     demographics = Demographics(
@@ -161,19 +148,70 @@ def generate_case(seed: int, index: int, n_images: int = 1, min_lesions: int = 0
         body_part=BODY_PARTS[int(rng.integers(0, len(BODY_PARTS)))],
         laterality="L" if rng.random() < 0.5 else "R",
     )
-    views = ("AP", "LAT")
-    images = tuple(render_image(rng, primary, views[i % 2], min_lesions) for i in range(n_images))
-    present = [LABELS.index(label) for im in images for label in im.labels]
-    worst = LABELS[max(present)] if present else None
-    return Case(
-        seed=seed,
-        index=index,
-        demographics=demographics,
-        images=images,
-        labs=_labs(rng, worst),
-        note=_note(rng, worst, demographics, age),
-        worst_label=worst,
+    return demographics, age
+
+
+def _note(sentences: tuple[str, ...] | None, demo: Demographics, age: int) -> str | None:
+    if sentences is None:
+        return None
+    sex = "man" if demo.sex == "M" else "woman"
+    side = "left" if demo.laterality == "L" else "right"
+    opening = f"{age}-year-old {sex} referred for radiographs of the {side} {BODY_PART_WORDS[demo.body_part]}."
+    return " ".join([opening, *sentences])
+
+
+def patient_truth(seed: int, index: int, n_images: int = 1, min_lesions: int = 0) -> PatientTruth:
+    """The ``index``-th patient of cohort ``seed`` without pixels: what ``generate_case`` renders."""
+    if n_images < 1 or min_lesions < 0:
+        raise ValueError(f"n_images must be >= 1 and min_lesions >= 0 (got {n_images}, {min_lesions})")
+    truth = np.random.default_rng([seed, index, _TRUTH])
+    label = draw_label(truth)
+    labs = draw_labs(truth, label)
+    sentences = draw_note_sentences(truth, label)
+    counts, weights = zip(*LESION_COUNTS)
+    evidence = tuple(
+        draw_image_evidence(truth, label, max(min_lesions, int(truth.choice(counts, p=weights))))
+        for _ in range(n_images)
     )
+    patient = np.random.default_rng([seed, index, _PATIENT])
+    demographics, age = _demographics(patient, seed, index)
+    return PatientTruth(
+        seed=seed, index=index, demographics=demographics, label=LABELS[label], evidence=evidence,
+        n_clear=min_lesions, labs=labs, note=_note(sentences, demographics, age),
+        pixel_spacing_mm=round(float(patient.uniform(*PIXEL_SPACING_MM)), 4),
+    )
+
+
+def oracle_probabilities(case: Case | PatientTruth, use: Iterable[str] = MODALITIES) -> np.ndarray:
+    """(n_lesions, 3) true class probabilities of each lesion (in ``case.boxes`` order) given the modalities in
+    ``use``: "image" (the lesion's latent), "labs" (the observed labs), "notes" (the note's sentences)."""
+    return posterior(case.lesion_evidence, case.labs, case.note, use)
+
+
+def generate_case(seed: int, index: int, n_images: int = 1, min_lesions: int = 0) -> Case:
+    """The ``index``-th synthetic patient of cohort ``seed``; ``min_lesions`` forces that many lesions on every image,
+    drawn clearly visible (the demo shows findings on them)."""
+    truth = patient_truth(seed, index, n_images, min_lesions)
+    demo = truth.demographics
+    anatomy = ANATOMIES[demo.body_part]
+    oracle = oracle_probabilities(truth)
+    views = ("AP", "LAT")
+    images, start = [], 0
+    for number, evidence in enumerate(truth.evidence):
+        view = views[number % 2]
+        rng = np.random.default_rng([seed, index, _PIXELS, number])
+        rendering = render_image(rng, anatomy, truth.pixel_spacing_mm, view, demo.laterality, evidence,
+                                 truth.n_clear)
+        rows = oracle[start : start + len(evidence)]
+        start += len(evidence)
+        images.append(CaseImage(
+            pixels=rendering.pixels, boxes=rendering.boxes, labels=(truth.label,) * len(evidence), view=view,
+            evidence=evidence, oracle=tuple(tuple(float(p) for p in row) for row in rows),
+            photometric=rendering.photometric, window=(rendering.window_center, rendering.window_width),
+            pixel_spacing_mm=truth.pixel_spacing_mm, marker_box=rendering.marker_box, field=rendering.field,
+        ))
+    return Case(seed=seed, index=index, demographics=demo, images=tuple(images), labs=truth.labs, note=truth.note,
+                label=truth.label)
 
 
 @dataclass(frozen=True)
@@ -184,7 +222,7 @@ class DemoCase:
     patient_id: str
     study_instance_uid: str
     fhir_bundle: dict[str, Any]
-    truth: list[tuple[tuple[float, float, float, float], str]]
+    truth: list[tuple[Box, str]]
     case: Case
 
 
@@ -199,7 +237,7 @@ def _write_case(case: Case, out_dir: Path) -> list[Path]:
 
 
 def write_demo_study(out_dir: Path, seed: int = 7) -> DemoCase:
-    """The demo patient: one study of two CR views of a bone, each with at least one clear lesion."""
+    """The demo patient: one study of two CR views of a limb, each with at least one clearly visible lesion."""
     case = generate_case(seed, 0, n_images=2, min_lesions=1)
     files = _write_case(case, Path(out_dir))
     return DemoCase(
@@ -212,18 +250,50 @@ def write_demo_study(out_dir: Path, seed: int = 7) -> DemoCase:
     )
 
 
-def write_cohort(out_dir: Path, n_patients: int, seed: int) -> list[DemoCase]:
-    """``n_patients`` studies under ``out_dir/<PatientID>/`` plus ``<PatientID>.fhir.json`` bundles."""
-    import json
+def _split_sizes(n_patients: int, split: Sequence[float]) -> tuple[int, int, int]:
+    if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"split must be three non-negative fractions (training, validation, test) summing to 1, "
+                         f"e.g. {DEFAULT_SPLIT}; got {tuple(split)}")
+    n_train = int(round(split[0] * n_patients))
+    n_val = min(int(round(split[1] * n_patients)), n_patients - n_train)
+    return n_train, n_val, n_patients - n_train - n_val
 
-    written = []
-    for index in range(n_patients):
+
+def write_cohort(out_dir: Path, n_patients: int, seed: int, split: Sequence[float] = DEFAULT_SPLIT,
+                 progress: bool = False) -> Path:
+    """Write ``n_patients`` cases as a site datalist (``pipelines.common.datalist``): ``<out>/<PatientID>/<SOP>.dcm``,
+    ``<out>/<PatientID>.fhir.json`` and ``<out>/datalist.json`` with a patient-level training/validation/test split
+    (shuffled with the seed), labels as indices into LABELS and each box's oracle row. Returns the datalist's path."""
+    from pipelines.common.datalist import DatalistItem, write_datalist
+
+    if n_patients < 1:
+        raise ValueError(f"n_patients (--n-patients) must be at least 1, got {n_patients}")
+    sizes = _split_sizes(n_patients, split)
+    order = np.random.default_rng([seed, n_patients, 7919]).permutation(n_patients)
+    split_of = {int(i): name for i, name in zip(order, ["training"] * sizes[0] + ["validation"] * sizes[1] +
+                                                       ["test"] * sizes[2])}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits: dict[str, list[DatalistItem]] = {"training": [], "validation": [], "test": []}
+    indices: Iterable[int] = range(n_patients)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="patients", unit="patient")
+    for index in indices:
         case = generate_case(seed, index)
-        folder = Path(out_dir) / case.demographics.patient_id
-        files = _write_case(case, folder)
-        bundle = fhir_bundle(case)
-        (Path(out_dir) / f"{case.demographics.patient_id}.fhir.json").write_text(json.dumps(bundle, indent=1))
-        written.append(
-            DemoCase(files, case.demographics.patient_id, study_uid(case), bundle, list(zip(case.boxes, case.labels)), case)
-        )
-    return written
+        patient_id = case.demographics.patient_id
+        files = _write_case(case, out / patient_id)
+        fhir = out / f"{patient_id}.fhir.json"
+        fhir.write_text(json.dumps(fhir_bundle(case), indent=1))
+        for path, image in zip(files, case.images):
+            splits[split_of[index]].append(DatalistItem(
+                image=path, patient_id=patient_id,
+                boxes=np.asarray(image.boxes, dtype=np.float64).reshape(-1, 4),
+                labels=np.asarray([LABELS.index(label) for label in image.labels], dtype=np.int64),
+                fhir=fhir, oracle=np.asarray(image.oracle, dtype=np.float64).reshape(-1, len(LABELS)),
+            ))
+    description = (f"devtools.synthetic cohort, seed {seed}, {n_patients} patients; split {tuple(split)} by patient; "
+                   "oracle = p(class | lesion image latent, observed labs, note) per box (see devtools/synthetic/README.md)")
+    return write_datalist(out / "datalist.json", LABELS, splits, name=f"synthetic-bone-seed{seed}",
+                          description=description)

@@ -15,6 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian
 
+from devtools.synthetic.evidence import LAB_MODELS
+
 if TYPE_CHECKING:
     from devtools.synthetic.cohort import Case
 
@@ -24,7 +26,6 @@ MRN_SYSTEM = "urn:dicom-ai-node:synthetic-mrn"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-PIXEL_SPACING_MM = 0.3
 
 
 def deterministic_uid(*parts: object) -> str:
@@ -41,7 +42,8 @@ def study_uid(case: Case) -> str:
 
 
 def case_datasets(case: Case) -> list[Dataset]:
-    """One CR dataset per image of the case, MONOCHROME2, 12 of 16 bits, explicit VR little endian."""
+    """One CR dataset per image of the case, 12 of 16 bits, explicit VR little endian, with the image's photometric
+    interpretation (MONOCHROME1 or 2), window and pixel spacing."""
     demo = case.demographics
     series_uid = deterministic_uid(case.seed, case.index, "series")
     datasets = []
@@ -81,15 +83,14 @@ def case_datasets(case: Case) -> list[Dataset]:
         ds.StudyID = f"{case.index + 1}"
         ds.SeriesNumber = 1
         ds.InstanceNumber = number
-        ds.ImagerPixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
-        ds.PixelSpacing = [PIXEL_SPACING_MM, PIXEL_SPACING_MM]
+        ds.ImagerPixelSpacing = [image.pixel_spacing_mm, image.pixel_spacing_mm]
+        ds.PixelSpacing = [image.pixel_spacing_mm, image.pixel_spacing_mm]
         ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PhotometricInterpretation = image.photometric
         ds.Rows, ds.Columns = image.pixels.shape
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
-        low, high = np.percentile(image.pixels, [1, 99.5])
-        ds.WindowCenter, ds.WindowWidth = round(float(low + high) / 2), round(float(high - low))
+        ds.WindowCenter, ds.WindowWidth = round(image.window[0]), round(image.window[1])
         ds.PixelData = np.ascontiguousarray(image.pixels, dtype="<u2").tobytes()
         datasets.append(ds)
     return datasets
@@ -101,8 +102,6 @@ def _iso_date(dicom_date: str) -> date:
 
 def fhir_bundle(case: Case) -> dict[str, Any]:
     """A FHIR R4 transaction Bundle: Patient, one laboratory Observation per lab present, a DocumentReference."""
-    # Lab metadata lives with the generator; imported here to keep this module free of a runtime cycle.
-    from devtools.synthetic.cohort import LAB_MODELS
 
     demo = case.demographics
     patient_url = f"urn:uuid:{_fhir_id(case.seed, case.index, 'patient')}"
@@ -121,7 +120,8 @@ def fhir_bundle(case: Case) -> dict[str, Any]:
             "request": {"method": "POST", "url": "Patient"},
         }
     ]
-    for n, (loinc, display, unit, _, _) in enumerate(LAB_MODELS):
+    for n, lab in enumerate(LAB_MODELS):
+        loinc, display, unit = lab.loinc, lab.display, lab.unit
         if loinc not in case.labs:
             continue
         effective = study_day - timedelta(days=2 + n)
