@@ -1,1 +1,1 @@
-"""Synthetic cohorts written as DICOM plus FHIR bundles: what the shipped models are trained and tested on."""
+"""Synthetic cohorts written as DICOM plus FHIR bundles and a site datalist, with each lesion's oracle (see README.md)."""
