@@ -195,7 +195,7 @@ def demo_study(tmp_path_factory: pytest.TempPathFactory, pacs: Orthanc, node: In
 
 @pytest.fixture(scope="module")
 def no_findings_study(tmp_path_factory: pytest.TempPathFactory, pacs: Orthanc, node: InProcessNode) -> Study:
-    """A lesion-free synthetic case (cohort 11, patient 4) plus a JPEG 2000 CR whose codestream is garbled, sent
+    """A lesion-free synthetic case (cohort 11, patient 18) plus a JPEG 2000 CR whose codestream is garbled, sent
     by a modality to the node: no findings, one instance not analysed.
 
     Orthanc gets the two readable images (and the node's results) but not the garbled one: OHIF would fail to
@@ -205,7 +205,7 @@ def no_findings_study(tmp_path_factory: pytest.TempPathFactory, pacs: Orthanc, n
     from devtools.synthetic.cohort_io import case_datasets
 
     folder = tmp_path_factory.mktemp("no-findings")
-    images = case_datasets(generate_case(11, 3, n_images=2))
+    images = case_datasets(generate_case(11, 17, n_images=2))
     readable = [write_cr(folder / f"{ds.SOPInstanceUID}.dcm", ds) for ds in images]
     garbled = j2k_cr(f"garbled-{uuid.uuid4()}", 3, "garbled")
     for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
