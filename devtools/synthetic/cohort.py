@@ -67,13 +67,13 @@ class CaseImage:
     boxes: tuple[Box, ...]  # (x0, y0, x1, y1) in pixel columns/rows: the lesion's extent
     labels: tuple[str, ...]  # one of LABELS per box (the patient's class)
     view: str  # "AP" or "LAT"
-    evidence: tuple[float, ...] = ()  # the image latent z per box
-    oracle: tuple[tuple[float, ...], ...] = ()  # p(class | z, labs, note) per box
-    photometric: str = "MONOCHROME2"
-    window: tuple[float, float] = (2048.0, 4096.0)  # Window Center, Window Width of the stored values
-    pixel_spacing_mm: float = 0.2
-    marker_box: Box = (0.0, 0.0, 0.0, 0.0)  # the burned-in L/R marker
-    field: tuple[int, int, int, int] = (0, 0, IMAGE_SIZE, IMAGE_SIZE)  # collimated field x0, y0, x1, y1
+    evidence: tuple[float, ...]  # the image latent z per box
+    oracle: tuple[tuple[float, ...], ...]  # p(class | z, labs, note) per box
+    photometric: str  # "MONOCHROME1" or "MONOCHROME2"
+    window: tuple[float, float]  # Window Center, Window Width of the stored values
+    pixel_spacing_mm: float
+    marker_box: Box  # the burned-in L/R marker
+    field: tuple[int, int, int, int]  # collimated field x0, y0, x1, y1 (exclusive ends)
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ class LabModel:
         if value - half <= 0:
             return np.asarray(log_ndtr(upper), dtype=np.float64)
         lower = (np.log(value - half) - mu) / sd
-        # ln(Phi(u) - Phi(l)) computed as ln Phi(u) + ln(1 - exp(ln Phi(l) - ln Phi(u))), stable in the tails
-        # (norm.logsf would do for the upper tail; the intervals here are narrow and central).
-        log_upper = log_ndtr(upper)
-        return np.asarray(log_upper + np.log1p(-np.exp(log_ndtr(lower) - log_upper)), dtype=np.float64)
+        # ln(Phi(u) - Phi(l)) = ln Phi(u) + ln(1 - exp(ln Phi(l) - ln Phi(u))); in the upper tail the same with the
+        # mirrored interval (Phi(-l) - Phi(-u)), so that neither difference rounds to zero.
+        upper_tail = lower > 0
+        big = np.where(upper_tail, log_ndtr(-lower), log_ndtr(upper))
+        small = np.where(upper_tail, log_ndtr(-upper), log_ndtr(lower))
+        return np.asarray(big + np.log1p(-np.exp(small - big)), dtype=np.float64)
 
 
 # Medians and log-sds chosen so that the labs alone give a macro AUC of about 0.73 (README, measured): alkaline
