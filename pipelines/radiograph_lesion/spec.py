@@ -19,6 +19,17 @@ RADIOGRAPH_LESION_LABS: tuple[LabRequirement, ...] = (
     LabRequirement("1988-5", "C-reactive protein", "mg/L"),
 )
 
+# Adult reference intervals in the units of RADIOGRAPH_LESION_LABS, and the short names, that lab sentences use
+# ("ALP elevated: 410 U/L, reference 40-130") when a bundle encodes labs as text. Typical adult serum intervals
+# (they vary by laboratory and method; a site retraining on its own data should put its laboratory's here).
+# LOINC -> (low, high, unit, short name).
+RADIOGRAPH_LESION_LAB_REFERENCE: dict[str, tuple[float, float, str, str]] = {
+    "6768-6": (40.0, 130.0, "U/L", "ALP"),
+    "2532-0": (140.0, 280.0, "U/L", "LDH"),
+    "17861-6": (8.6, 10.3, "mg/dL", "Calcium"),
+    "1988-5": (0.0, 5.0, "mg/L", "CRP"),
+}
+
 # What the model is made for; training writes it into the bundle's config.json ("intended_use", with the reasons
 # below), the pipeline enforces its bundle's on every image, and the node's default routing follows it.
 RADIOGRAPH_LESION_INTENDED_USE = IntendedUse(
