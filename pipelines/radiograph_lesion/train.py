@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pipelines.common import detect, fuse, imaging
 from pipelines.common.bundle import config_sections, detector_config_from, resolve_device, round_trip_half, save_bundle
-from pipelines.common.datalist import Datalist, DatalistError, DatalistItem
+from pipelines.common.datalist import Clinical, Datalist, DatalistError, DatalistItem
 from pipelines.evaluation.bootstrap import Estimate, estimate, patient_resamples
 from pipelines.evaluation.classification import classification_metrics, replicate_figures
 from pipelines.radiograph_lesion.card import model_card
@@ -90,8 +90,9 @@ def base_config(bundle: str | Path) -> dict[str, Any]:
         raise TrainError(f"{bundle!r} is neither an installed pipeline ({RADIOGRAPH_LESION}) nor a bundle directory "
                          "with a config.json")
     config: dict[str, Any] = json.loads((folder / "config.json").read_text())
-    if config.get("name", RADIOGRAPH_LESION) != RADIOGRAPH_LESION and "fusion" not in config:
-        raise TrainError(f"{folder}: not a radiograph-lesion bundle (no 'fusion' section)")
+    absent = [key for key in ("input_size", "intended_use", "classes", "detector", "fusion") if key not in config]
+    if absent:
+        raise TrainError(f"{folder}/config.json lacks {', '.join(absent)}: start from a radiograph-lesion bundle")
     return config
 
 
@@ -103,9 +104,8 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def usable_labs(item: DatalistItem) -> tuple[dict[str, float], int]:
-    """The item's labs in the spec's units, and how many were left out for another unit (never converted)."""
-    clinical = item.clinical()
+def usable_labs(clinical: Clinical) -> tuple[dict[str, float], int]:
+    """Labs in the spec's units, and how many were left out for another unit (never converted)."""
     units = {lab.loinc: lab.unit for lab in RADIOGRAPH_LESION_LABS}
     labs = {k: v for k, v in clinical.labs.items() if k in units and clinical.units.get(k) == units[k]}
     other_unit = sum(1 for k in clinical.labs if k in units and k not in labs)
@@ -143,9 +143,10 @@ def read_split(items: Sequence[DatalistItem], input_size: int, crop_size: int, j
                              tuple(int(v) for v in item.labels)))
         if not boxes:
             continue
-        item_labs, skipped = usable_labs(item)
+        clinical = item.clinical()
+        item_labs, skipped = usable_labs(clinical)
         other_unit += skipped
-        note = item.clinical().note if item.fhir is not None else None
+        note = clinical.note
         for box, label in zip(boxes, item.labels):
             for b in _jittered(box, rng, jitters):
                 crops.append(imaging.crop(prepared.native, b, crop_size))
@@ -181,7 +182,7 @@ class _Run:
                                  "); resume with the same options or choose another --out")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         (self.folder / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-        if not resume and self.metrics.exists():
+        if not existing and self.metrics.exists():  # nothing to resume from: a fresh log
             self.metrics.unlink()
 
     def path(self, stage: str, epoch: int) -> Path:

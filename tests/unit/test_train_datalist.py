@@ -57,6 +57,8 @@ def test_the_bundle_loads_and_the_pipeline_runs_on_a_study(trained: tuple[Path, 
     assert config["ood"]["fit"] == {**config["ood"]["fit"], "datalist": "tiny-synthetic-3", "split": "training",
                                     "images": 4}
     assert config["ood"]["held_out"]["images"] == 2 and pipeline.ood.threshold == config["ood"]["threshold"] > 0
+    # an image the check leaves out is told why in words true of this bundle, not of the synthetic cohort
+    assert pipeline.ood.detail(99.0).endswith("percentile of the validation images of datalist tiny-synthetic-3)")
 
     item = datalist.split("training")[0]
     ds = dcmread(item.image, stop_before_pixels=True)
