@@ -31,7 +31,9 @@ from pipelines.base import (
     missing_inputs,
 )
 from pipelines.common.bundle import LoadedBundle, load_bundle
-from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS
+from pipelines.radiograph_lesion.spec import (
+    BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_REQUIREMENTS, usable_labs,
+)
 
 TRACKING_NAMESPACE = uuid.UUID("6b0f3e3c-2a8d-5f51-b7a4-9c2f0d1e4a77")
 
@@ -78,8 +80,7 @@ class RadiographLesionPipeline:
         """Lab values usable as-is: status ok and the unit the model was trained on (no silent conversion)."""
         if context.fhir_status != "ok":
             return {}
-        units = {lab.loinc: lab.unit for lab in self.requirements.labs}
-        return {k: v.value for k, v in context.labs.items() if k in units and v.unit == units[k]}
+        return usable_labs({k: v.value for k, v in context.labs.items()}, {k: v.unit for k, v in context.labs.items()})[0]
 
     def _admit(self, instance: InstanceRef, excluded: list[ExcludedInstance]) -> list[imaging.PreparedImage] | None:
         """The instance's frames ready for the detector, or None after adding to ``excluded`` why it is left out:

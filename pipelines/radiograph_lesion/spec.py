@@ -6,6 +6,7 @@ The registry answers ``pipeline_requirements`` from here so the node can route s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 
@@ -29,6 +30,16 @@ RADIOGRAPH_LESION_LAB_REFERENCE: dict[str, tuple[float, float, str, str]] = {
     "17861-6": (8.6, 10.3, "mg/dL", "Calcium"),
     "1988-5": (0.0, 5.0, "mg/L", "CRP"),
 }
+
+
+
+def usable_labs(values: Mapping[str, float], units: Mapping[str, str]) -> tuple[dict[str, float], int]:
+    """The labs a radiograph-lesion model may read: those of RADIOGRAPH_LESION_LABS given in its unit; and how many
+    were left out for another unit (never converted: a value in another unit counts as missing)."""
+    wanted = {lab.loinc: lab.unit for lab in RADIOGRAPH_LESION_LABS}
+    usable = {k: float(v) for k, v in values.items() if k in wanted and units.get(k) == wanted[k]}
+    return usable, sum(1 for k in values if k in wanted and k not in usable)
+
 
 # What the model is made for; training writes it into the bundle's config.json ("intended_use", with the reasons
 # below), the pipeline enforces its bundle's on every image, and the node's default routing follows it.

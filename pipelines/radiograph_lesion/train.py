@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from pipelines.common import detect, fuse, imaging
 from pipelines.common.bundle import config_sections, detector_config_from, resolve_device, round_trip_half, save_bundle
-from pipelines.common.datalist import Clinical, Datalist, DatalistError, DatalistItem
+from pipelines.common.datalist import Datalist, DatalistError, DatalistItem
 from pipelines.evaluation.bootstrap import Estimate, estimate, patient_resamples
 from pipelines.evaluation.classification import classification_metrics, replicate_figures
 from pipelines.radiograph_lesion.card import model_card
 from pipelines.radiograph_lesion.ood_calibrate import calibrate_on_datalist
 from pipelines.radiograph_lesion.spec import (
-    BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_LAB_REFERENCE, RADIOGRAPH_LESION_LABS,
+    BUNDLES_DIR, RADIOGRAPH_LESION, RADIOGRAPH_LESION_LAB_REFERENCE, RADIOGRAPH_LESION_LABS, usable_labs,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class TrainReport:
 
 
 @dataclass(frozen=True)
-class _Image:
+class SplitImage:
+    """One datalist image as the detector sees it, with its truth in source pixels."""
+
     patient_id: str
     model_input: np.ndarray
     scale: float
@@ -73,7 +75,9 @@ class _Image:
 
 
 @dataclass(frozen=True)
-class _Crops:
+class LesionCrops:
+    """One row per ground-truth lesion crop (and jittered copies): its label, patient, usable labs and note."""
+
     crops: np.ndarray
     labels: np.ndarray
     patient_ids: tuple[str, ...]
@@ -104,14 +108,6 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def usable_labs(clinical: Clinical) -> tuple[dict[str, float], int]:
-    """Labs in the spec's units, and how many were left out for another unit (never converted)."""
-    units = {lab.loinc: lab.unit for lab in RADIOGRAPH_LESION_LABS}
-    labs = {k: v for k, v in clinical.labs.items() if k in units and clinical.units.get(k) == units[k]}
-    other_unit = sum(1 for k in clinical.labs if k in units and k not in labs)
-    return labs, other_unit
-
-
 def _jittered(box: Box, rng: np.random.Generator, jitters: int) -> list[Box]:
     boxes = [box]
     w, h = box[2] - box[0], box[3] - box[1]
@@ -124,9 +120,9 @@ def _jittered(box: Box, rng: np.random.Generator, jitters: int) -> list[Box]:
 
 
 def read_split(items: Sequence[DatalistItem], input_size: int, crop_size: int, jitters: int,
-               rng: np.random.Generator, desc: str) -> tuple[list[_Image], _Crops]:
+               rng: np.random.Generator, desc: str) -> tuple[list[SplitImage], LesionCrops]:
     """Detector inputs and lesion crops (ground-truth boxes, plus ``jitters`` jittered copies each) of a split."""
-    images: list[_Image] = []
+    images: list[SplitImage] = []
     crops: list[np.ndarray] = []
     labels: list[int] = []
     patients: list[str] = []
@@ -139,12 +135,12 @@ def read_split(items: Sequence[DatalistItem], input_size: int, crop_size: int, j
         except Exception as exc:  # pydicom and the decoders raise many types; the fix is the same
             raise DatalistError(f"{item.image}: cannot read or decode the image ({exc}); fix or remove the item")
         boxes = tuple((float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in item.boxes)
-        images.append(_Image(item.patient_id, prepared.model_input, prepared.scale, boxes,
+        images.append(SplitImage(item.patient_id, prepared.model_input, prepared.scale, boxes,
                              tuple(int(v) for v in item.labels)))
         if not boxes:
             continue
         clinical = item.clinical()
-        item_labs, skipped = usable_labs(clinical)
+        item_labs, skipped = usable_labs(clinical.labs, clinical.units)
         other_unit += skipped
         note = clinical.note
         for box, label in zip(boxes, item.labels):
@@ -157,7 +153,7 @@ def read_split(items: Sequence[DatalistItem], input_size: int, crop_size: int, j
     if other_unit:
         log.info("%s: %d lab value(s) in a unit other than the spec's were treated as missing", desc, other_unit)
     stacked = np.stack(crops) if crops else np.zeros((0, crop_size, crop_size), np.float32)
-    return images, _Crops(stacked, np.asarray(labels, np.int64), tuple(patients), tuple(labs), tuple(notes))
+    return images, LesionCrops(stacked, np.asarray(labels, np.int64), tuple(patients), tuple(labs), tuple(notes))
 
 
 # -- checkpoints and the metrics log -------------------------------------------------------------------------------
@@ -271,7 +267,7 @@ def _run_stage(run: _Run, stage: str, epochs: int, model: torch.nn.Module, optim
 
 # -- stage 1: detector ---------------------------------------------------------------------------------------------
 
-def _detector_batch(images: Sequence[_Image], index: np.ndarray, size: int,
+def _detector_batch(images: Sequence[SplitImage], index: np.ndarray, size: int,
                     rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[Box]]]:
     pixels, boxes = [], []
     for i in index:
@@ -289,7 +285,7 @@ def _detector_batch(images: Sequence[_Image], index: np.ndarray, size: int,
     return pixels, boxes
 
 
-def choose_threshold(detections: list[list[tuple[Box, float]]], images: Sequence[_Image]) -> dict[str, float]:
+def choose_threshold(detections: list[list[tuple[Box, float]]], images: Sequence[SplitImage]) -> dict[str, float]:
     """Best F1 (greedy matching at IoU >= MATCH_IOU) over a threshold grid on the validation images."""
     best: dict[str, float] = {}
     n_truth = sum(len(im.boxes) for im in images)
@@ -303,7 +299,7 @@ def choose_threshold(detections: list[list[tuple[Box, float]]], images: Sequence
     return best
 
 
-def _match(detections: list[list[tuple[Box, float]]], images: Sequence[_Image],
+def _match(detections: list[list[tuple[Box, float]]], images: Sequence[SplitImage],
            threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """True and false positives per image at ``threshold``."""
     tp, fp = np.zeros(len(images)), np.zeros(len(images))
@@ -322,13 +318,13 @@ def _match(detections: list[list[tuple[Box, float]]], images: Sequence[_Image],
     return tp, fp
 
 
-def _detect_all(network: torch.nn.Module, config: detect.DetectorConfig, images: Sequence[_Image],
+def _detect_all(network: torch.nn.Module, config: detect.DetectorConfig, images: Sequence[SplitImage],
                 device: torch.device) -> list[list[tuple[Box, float]]]:
     detector = detect.build_detector(network, config)  # type: ignore[arg-type]
     return [detect.detect(detector, [im.model_input], device)[0] for im in images]
 
 
-def _train_detector(run: _Run, images: list[_Image], val_images: list[_Image], config: detect.DetectorConfig,
+def _train_detector(run: _Run, images: list[SplitImage], val_images: list[SplitImage], config: detect.DetectorConfig,
                     epochs: int, input_size: int, device: torch.device, seed: int, resume: bool) -> torch.nn.Module:
     network = detect.build_network(config).to(device)
     detector = detect.build_detector(network, config)
@@ -418,7 +414,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray, patients: Sequence[st
 
 
 def _validation_figures(classes: Sequence[str], labels: np.ndarray, patients: Sequence[str], probs: np.ndarray,
-                        probs_image: np.ndarray, tp: np.ndarray, fp: np.ndarray, images: Sequence[_Image],
+                        probs_image: np.ndarray, tp: np.ndarray, fp: np.ndarray, images: Sequence[SplitImage],
                         threshold: float, seed: int) -> dict[str, Any]:
     """Validation figures, each with its 95 % patient-level bootstrap interval; a figure that cannot be estimated
     (a class absent from the validation list) is left to ``dicom-ai-node evaluate`` rather than shown bare."""

@@ -189,3 +189,11 @@ def test_the_shipped_config_loads_as_early_vector_and_round_trips() -> None:
     assert text == _config("late", "text")
     with pytest.raises(fuse.FusionConfigError, match="lacks 'hidden'"):
         fuse.FusionConfig.from_dict({k: v for k, v in fusion.items() if k != "hidden"})
+
+
+def test_a_lab_in_another_unit_counts_as_missing_not_converted() -> None:
+    from pipelines.radiograph_lesion.spec import usable_labs
+
+    labs, other_unit = usable_labs({"6768-6": 100.0, "17861-6": 2.4, "2345-7": 5.0},
+                                   {"6768-6": "U/L", "17861-6": "mmol/L", "2345-7": "mmol/L"})
+    assert labs == {"6768-6": 100.0} and other_unit == 1  # calcium in mmol/L left out; glucose is not a model input
