@@ -96,8 +96,8 @@ def _metrics(config: dict[str, Any]) -> str:
                          f"macro AUC {_figure(cls[name]['macro_auc'])}.")
     else:
         lines.append(f"- Classification: not estimated here ({cls.get('not_estimated', 'see evaluate')}).")
-    lines.append("The validation list also chose the detection threshold, so these figures are optimistic; the "
-                 "figures to quote come from `dicom-ai-node evaluate` on a test list.")
+    lines.append("The validation list also chose the detection threshold, so the detection figures are optimistic; "
+                 "the figures to quote come from `dicom-ai-node evaluate` on a test list.")
     return "\n".join(lines) + "\n"
 
 
