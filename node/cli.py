@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from node.cli_train import train as train_command
 from node.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="PACS-integrated DICOM AI node.")
@@ -250,25 +251,7 @@ from node.cli_pipelines import pipelines_app  # noqa: E402  (its own module; reg
 app.add_typer(pipelines_app, name="pipelines")
 
 
-@app.command()
-def train(
-    out: Path = typer.Option(Path("pipelines/bundles/radiograph-lesion"), help="Bundle directory to write."),
-    n_patients: int = typer.Option(480, help="Synthetic cohort size."),
-    seed: int = typer.Option(0, help="Seed of the cohort and of training."),
-    epochs_detector: int = typer.Option(24, help="Detector (stage 1) epochs."),
-    epochs_classifier: int = typer.Option(20, help="Fusion classifier (stage 2) epochs."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: int = typer.Option(2, help="CPU threads for torch."),
-) -> None:
-    """Train radiograph-lesion on the project's synthetic cohort; write weights, config and model card."""
-    import torch
-
-    from pipelines.radiograph_lesion.train import train_radiograph_lesion
-
-    setup_logging()
-    torch.set_num_threads(threads)
-    report = train_radiograph_lesion(out, n_patients, seed, epochs_detector, epochs_classifier, device)
-    typer.echo(json.dumps({"metrics": report.metrics, "seconds": report.seconds}, indent=1, default=str))
+app.command("train")(train_command)  # its own module: node/cli_train.py
 
 
 @app.command()

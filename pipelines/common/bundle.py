@@ -56,20 +56,11 @@ def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
 
 
 def fusion_config_from(config: dict[str, Any]) -> FusionConfig:
-    f = config["fusion"]
-    return FusionConfig(
-        crop_size=int(f["crop_size"]),
-        block_inplanes=tuple(f["block_inplanes"]),
-        image_dim=int(f["image_dim"]),
-        lab_loincs=tuple(f["lab_loincs"]),
-        lab_norm={k: (float(v[0]), float(v[1])) for k, v in f["lab_norm"].items()},
-        hidden=int(f["hidden"]),
-        num_classes=int(f["num_classes"]),
-    )
+    return FusionConfig.from_dict(config["fusion"])
 
 
 def config_sections(detector: DetectorConfig, fusion: FusionConfig) -> dict[str, Any]:
-    return {"detector": asdict(detector), "fusion": {**asdict(fusion), "lab_norm": dict(fusion.lab_norm)}}
+    return {"detector": asdict(detector), "fusion": fusion.to_dict()}
 
 
 def package_versions() -> dict[str, Any]:

@@ -34,10 +34,11 @@ def _inputs(bundle: LoadedBundle, seed: int = 0) -> tuple[tuple[torch.Tensor, ..
     """Seeded random inputs of the bundle's shapes: (detector inputs, classifier inputs)."""
     generator = torch.Generator().manual_seed(seed)
     size = int(bundle.config["input_size"])
-    crop, n_labs = bundle.fusion_config.crop_size, len(bundle.fusion_config.lab_loincs)
+    crop = bundle.fusion_config.crop_size
+    n_values, n_flags = bundle.fusion_config.lab_features  # per LOINC (vector) or a sentence embedding (text)
     image = torch.rand(2, 1, size, size, generator=generator)
-    missing = (torch.rand(3, n_labs, generator=generator) < 0.3).float()
-    classifier = (torch.rand(3, 1, crop, crop, generator=generator), torch.randn(3, n_labs, generator=generator),
+    missing = (torch.rand(3, n_flags, generator=generator) < 0.3).float()
+    classifier = (torch.rand(3, 1, crop, crop, generator=generator), torch.randn(3, n_values, generator=generator),
                   missing, torch.randn(3, TEXT_DIM, generator=generator), torch.tensor([0.0, 1.0, 0.0]))
     return (image,), classifier
 
@@ -74,7 +75,10 @@ def export_torchscript(bundle_dir: Path, out_dir: Path | None = None) -> list[Ex
     for name, network, inputs in (("detector.ts", bundle.detector.network, detector_inputs),
                                   ("classifier.ts", bundle.classifier, classifier_inputs)):
         path = out / name
-        torch.jit.save(torch.jit.script(network), str(path), _extra_files=extra)
+        # The detector is scripted; the fusion head is traced: its strategy (early, joint, late) and lab encoding are
+        # fixed per bundle, so tracing records the one branch the bundle uses (scripting would compile the others).
+        compiled = torch.jit.script(network) if name == "detector.ts" else torch.jit.trace(network, inputs)
+        torch.jit.save(compiled, str(path), _extra_files=extra)
         difference = max_difference(network, torch.jit.load(str(path), map_location="cpu"), inputs)
         if not difference <= TOLERANCE:
             path.unlink()

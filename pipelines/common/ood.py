@@ -29,7 +29,8 @@ class OodReference:
     mean: np.ndarray  # (features,)
     precision: np.ndarray  # (features, features)
     threshold: float
-    quantile: float  # of held-out synthetic images' distances, the threshold's origin
+    quantile: float  # of held-out images' distances, the threshold's origin
+    held_out: str = "held-out synthetic images of the training cohort"  # which images, in words
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``features`` to the training mean."""
@@ -39,7 +40,7 @@ class OodReference:
     def detail(self, distance: float) -> str:
         """The words an excluded image gets in the SR."""
         return (f"feature distance {distance:.1f} > threshold {self.threshold:.1f} (the {self.quantile * 100:g}th "
-                "percentile of held-out synthetic images of the training cohort)")
+                f"percentile of {self.held_out})")
 
 
 def pooled_features(network: torch.nn.Module, images: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
@@ -78,5 +79,10 @@ def load_reference(bundle_dir: Path, config: dict[str, Any]) -> OodReference:
             f"run python -m pipelines.radiograph_lesion.ood_calibrate {bundle_dir}")
     with np.load(bundle_dir / ARRAYS) as arrays:
         mean, precision = arrays["mean"], arrays["precision"]
+    held_out = section.get("held_out", {})
+    if "datalist" in held_out:  # calibrated on a datalist (ood_calibrate.calibrate_on_datalist)
+        return OodReference(mean=mean, precision=precision, threshold=float(section["threshold"]),
+                            quantile=float(section["quantile"]),
+                            held_out=f"the {held_out['split']} images of datalist {held_out['datalist']}")
     return OodReference(mean=mean, precision=precision, threshold=float(section["threshold"]),
                         quantile=float(section["quantile"]))

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -94,13 +94,12 @@ def _stage2_probabilities(bundle: LoadedBundle, crops: np.ndarray, clinicals: Se
     from pipelines.common import fuse
 
     cfg = bundle.fusion_config
-    labs = [fuse.lab_vector({} if "labs" in withhold else dict(c.labs), cfg) for c in clinicals]
-    text, text_missing = notes.encode([None if "notes" in withhold else c.note for c in clinicals])
-    lab_values = np.stack([v for v, _ in labs]).reshape(len(clinicals), len(cfg.lab_loincs))
-    lab_missing = np.stack([m for _, m in labs]).reshape(len(clinicals), len(cfg.lab_loincs))
-    out = [fuse.classify(bundle.classifier, crops[s], lab_values[s], lab_missing[s], text[s], text_missing[s],
-                         bundle.device)
-           for s in (slice(i, i + batch_size) for i in range(0, len(crops), batch_size))]
+    out = []
+    for start in range(0, len(crops), batch_size):
+        part = slice(start, start + batch_size)
+        inputs = fuse.prepare_inputs(cfg, crops[part], [dict(c.labs) for c in clinicals[part]],
+                                     [c.note for c in clinicals[part]], cast(Any, notes), withhold)
+        out.append(fuse.classify(bundle.classifier, inputs, bundle.device))
     return np.concatenate(out) if out else np.zeros((0, cfg.num_classes))
 
 

@@ -1,4 +1,4 @@
-"""The model card (docs/README.md) of a trained radiograph-lesion bundle, rendered from its merged config.
+"""The MODEL_CARD.md text of a trained radiograph-lesion bundle, rendered from its configs (metadata.json and inference.json, merged).
 
 Kept apart from the training loop so the card's wording can be read and reviewed on its own.
 """
@@ -45,54 +45,107 @@ def _ood_check(config: dict[str, Any]) -> str:
     if not o:
         return ""
     fit, held = o["fit"], o["held_out"]
+    if "datalist" in fit:
+        fitted = f"the {fit['images']} images of the {fit['split']} list of datalist {fit['datalist']!r}"
+        held_out = (f"the {held['images']} images of its {held['split']} list (median {held['distance_median']}, "
+                    f"maximum {held['distance_max']})")
+    else:
+        fitted = (f"the {fit['images']} images of training patients {fit['patients'][0]}-{fit['patients'][1] - 1} "
+                  f"(cohort seed {fit['seed']})")
+        held_out = (f"{held['images']} held-out images (patients {held['patients'][0]}-{held['patients'][1] - 1} of "
+                    "the same seed: the validation split, then patients training never generated; median "
+                    f"{held['distance_median']}, maximum {held['distance_max']})")
     return f"""
 ### Out-of-distribution check (configs/inference.json "ood", {o['file']})
 Every image that passes those checks is scored before detection: the Mahalanobis distance of its features (the
 {o['features']}) to the training images' mean, under their Ledoit-Wolf shrunk covariance (shrinkage
-{o['shrinkage']}), fitted on the {fit['images']} images of training patients {fit['patients'][0]}-{fit['patients'][1] - 1}
-(cohort seed {fit['seed']}). Threshold **{o['threshold']}**: the {o['quantile'] * 100:g}th percentile of the distances
-of {held['images']} held-out images (patients {held['patients'][0]}-{held['patients'][1] - 1} of the same seed: the
-validation split, then patients training never generated; median {held['distance_median']}, maximum
-{held['distance_max']}). An image above it is left out as "out-of-distribution" and gets no finding: by construction
-about {100 - o['quantile'] * 100:.1f} % of this generator's images are, and real radiographs are (the README lists
-the scores of pydicom-data's). Made with:
+{o['shrinkage']}), fitted on {fitted}. Threshold **{o['threshold']}**: the {o['quantile'] * 100:g}th percentile of
+the distances of {held_out}. An image above it is left out as "out-of-distribution" and gets no finding: by
+construction about {100 - o['quantile'] * 100:.1f} % of images like the held-out ones are. Made with:
 
     {o['command']}
 """
 
 
-def _intervals(metrics: dict[str, Any]) -> str:
-    """The metrics' 95 % confidence intervals as stored in the bundle ("confidence_intervals"), or why there are none."""
-    intervals = metrics.get("confidence_intervals")
-    if not intervals:
-        return "No confidence intervals: a single split of a synthetic cohort; these numbers only show that the code trains."
-    lines = [f"- {name}: {e['value']:.3f} ({100 * e['confidence']:g}% CI {e['ci_low']:.3f} to {e['ci_high']:.3f}, "
-             f"{e['k']}/{e['n']})" if "k" in e else
-             f"- {name}: {e['value']:.3f} ({100 * e['confidence']:g}% CI {e['ci_low']:.3f} to {e['ci_high']:.3f}, n {e['n']})"
-             for name, e in sorted(intervals.items())]
-    methods = sorted({e["ci_method"] for e in intervals.values()})
-    return "Confidence intervals (" + "; ".join(methods) + "):\n" + "\n".join(lines) + \
-        "\n\nA single split of a synthetic cohort: these numbers only show that the code trains."
+def _figure(e: dict[str, Any]) -> str:
+    """An estimate as the bundle metadata holds it (``Estimate.to_json``): value with its interval, or "undefined"."""
+    if e.get("value") is None:
+        return "undefined"
+    low, high = e.get("ci_low"), e.get("ci_high")
+    interval = f"{low:.3f} to {high:.3f}" if low is not None and high is not None else "undefined"
+    return f"{e['value']:.3f} ({100 * e.get('confidence', 0.95):g}% CI {interval})"
+
+
+def _metrics(config: dict[str, Any]) -> str:
+    """Validation figures with their intervals; figures stored without one are not repeated here."""
+    metrics = config.get("metrics", {})
+    det, cls = metrics.get("detection", {}), metrics.get("classification", {})
+    if not isinstance(det.get("recall"), dict):
+        return ("Its metadata keeps point figures from the training run's validation split, without confidence "
+                "intervals, so they are not repeated here. Figures with intervals: `dicom-ai-node evaluate` on a "
+                "test datalist.\n")
+    split = metrics["split"]
+    lines = [f"On the datalist's validation list ({split['val_patients']} patients, {split['val_images']} images, "
+             f"{split['val_lesions']} lesions); {metrics['ci']}:",
+             f"- Detection at threshold {det['threshold']} (match IoU >= {det['match_iou']}): recall "
+             f"{_figure(det['recall'])}, precision {_figure(det['precision'])}."]
+    if "all_inputs" in cls:
+        for name, words in (("all_inputs", "with the inputs it was trained on"),
+                            ("image_only", "with labs and notes withheld (image only)")):
+            lines.append(f"- Classification on ground-truth boxes {words}: accuracy {_figure(cls[name]['accuracy'])}, "
+                         f"macro AUC {_figure(cls[name]['macro_auc'])}.")
+    else:
+        lines.append(f"- Classification: not estimated here ({cls.get('not_estimated', 'see evaluate')}).")
+    lines.append("The validation list also chose the detection threshold, so the detection figures are optimistic; "
+                 "the figures to quote come from `dicom-ai-node evaluate` on a test list.")
+    return "\n".join(lines) + "\n"
+
+
+def _training(config: dict[str, Any]) -> str:
+    training = config["training"]
+    if "datalist" not in training:  # bundles trained on the in-memory synthetic cohort (0.2.0 and before)
+        return (f"The project's synthetic cohort (`devtools/synthetic/cohort.py`, seed {training['seed']}, "
+                f"{training['n_patients']} patients, one CR image each; 80/20 patient split), "
+                f"{training['epochs_detector']} detector and {training['epochs_classifier']} classifier epochs, on "
+                f"{training['device']} (torch {training['torch']}, MONAI {training['monai']}).\n")
+    inputs = ",".join(training["inputs"])
+    command = (f"dicom-ai-node train {training['base']} --datalist {training['datalist_path']} --out OUT "
+               f"--name {config['name']} --version {config['version']} --fusion {training['strategy']} "
+               f"--lab-encoding {training['lab_encoding']} --inputs {inputs} "
+               f"--epochs-detector {training['epochs_detector']} --epochs-classifier {training['epochs_classifier']} "
+               f"--seed {training['seed']} --device {training['device']}")
+    return f"""Datalist {training['datalist']!r}: its "training" list trained both stages, its "validation" list chose
+the detection threshold. Made with
+
+    {command}
+
+on {training['device']} (AMP: {training['amp']}; torch {training['torch']}, MONAI {training['monai']}, Python
+{training['python']}); seconds {json.dumps(training['seconds'])}. The per-epoch log is `train/metrics.jsonl` beside
+the bundle where it was trained.
+"""
 
 
 def model_card(config: dict[str, Any]) -> str:
-    """Markdown model card: intended use, data, exact command, metrics on the synthetic validation split, limits."""
-    training = config["training"]
-    metrics = config["metrics"]
-    det, cls = metrics["detection"], metrics["classification"]
-    command = (
-        f"dicom-ai-node train --out pipelines/bundles/radiograph-lesion --n-patients {training['n_patients']} "
-        f"--seed {training['seed']} --epochs-detector {training['epochs_detector']} "
-        f"--epochs-classifier {training['epochs_classifier']} --device cpu --threads 2"
-    )
+    """Markdown model card: intended use, what it is, training data and command, validation figures, limits."""
+    fusion = config["fusion"]
+    strategy = fusion.get("strategy", "early")
+    lab_encoding = fusion.get("lab_encoding", "vector")
+    inputs = fusion.get("inputs", ["image", "labs", "notes"])
+    how = {"early": "embeddings and missing flags concatenated -> MLP",
+           "joint": "FiLM: the clinical embedding scales and shifts the image embedding -> MLP",
+           "late": "one head per modality, logits mixed by learned weights over the modalities present"}[strategy]
+    labs = ("ln-value z-scores + a missing flag per LOINC" if lab_encoding == "vector" else
+            'rendered as sentences ("ALP elevated: 410 U/L, reference 40-130") and encoded by all-MiniLM-L6-v2 '
+            "(+ missing flag)")
     classes = "\n".join(
         f"- `{c['label']}` -> ({c['value']}, {c['scheme_designator']}, \"{c['meaning']}\")" for c in config["classes"]
     )
-    return f"""# radiograph-lesion {config['version']}
+    return f"""# {config['name']} {config['version']}
 
 ## Intended use
-Demonstration and automated tests of the DICOM AI node only. **NOT for clinical use**: it has never seen a real
-patient's image, lab value or note, and its outputs mean nothing about real lesions.
+Demonstration, research and automated tests of the DICOM AI node only. **NOT for clinical use**. A bundle trained
+on the project's synthetic cohort has never seen a real patient's image, lab value or note, and its outputs mean
+nothing about real lesions; one trained on a site's datalist is a research model until validated like any device.
 {_images_it_is_for(config)}{_ood_check(config)}
 ## What it is
 Two stages mirroring the bone-tumour design (detector on radiographs, then image + blood biomarkers + text fused
@@ -100,42 +153,24 @@ into benign / intermediate / malignant):
 1. MONAI RetinaNet (2D, small ResNet {config['detector']['block_inplanes']} with an FPN of
    {config['detector']['fpn_channels']} channels) on a {config['input_size']}x{config['input_size']} input;
    fixed detection threshold {config['detection_threshold']} chosen on the validation split (best F1).
-2. Per-lesion fusion head: {config['fusion']['crop_size']}x{config['fusion']['crop_size']} crop -> small MONAI
-   ResNet embedding; labs (LOINC {', '.join(config['fusion']['lab_loincs'])}, ln-value z-scores + missing flags);
-   note -> frozen all-MiniLM-L6-v2 embedding (+ missing flag); MLP -> softmax over 3 classes.
+2. Per-lesion fusion head ({strategy} fusion: {how}) over a {fusion['crop_size']}x{fusion['crop_size']} crop ->
+   small MONAI ResNet embedding; labs (LOINC {', '.join(fusion['lab_loincs'])}) {labs}; note -> frozen
+   all-MiniLM-L6-v2 embedding (+ missing flag); softmax over {len(config['classes'])} classes. Trained with
+   inputs: {', '.join(inputs)}; a missing input is masked and flagged, never imputed, and each finding lists the
+   inputs it used and those that were missing.
 
 Classes:
 {classes}
 
 ## Training data
-The project's synthetic cohort (`devtools/synthetic/cohort.py`, seed {training['seed']}, {training['n_patients']} patients,
-one CR image each; 80/20 patient split). Trained by `dicom-ai-node train` (which calls
-`pipelines.radiograph_lesion.train.train_radiograph_lesion`); this bundle was produced with:
-
-    {command}
-
-(equivalently `python -m pipelines.radiograph_lesion.train pipelines/bundles/radiograph-lesion` with the same options; the same
-command on the same machine type reproduces bit-identical weights).
-
-on {training['device']} (torch {training['torch']}, MONAI {training['monai']}, Python {training['python']}).
-Seconds: {json.dumps(training['seconds'])}.
-
-## Metrics (synthetic validation split, {metrics['split']['val_patients']} patients, \
-{metrics['split']['val_lesions']} lesions)
-- Detection at threshold {det['threshold']} (match IoU >= {det['match_iou']}): recall {det['recall']},
-  precision {det['precision']}, F1 {det['f1']}, recall at IoU >= 0.5 {det['recall_iou_0_5']},
-  false positives per image {det['false_positives_per_image']}.
-- Classification on ground-truth boxes: accuracy {cls['accuracy']} with labs and notes;
-  {cls['accuracy_image_only']} with labs and notes withheld (image only).
-- Per-class recall: {json.dumps(cls['per_class_recall'])}; validation counts:
-  {json.dumps(cls['per_class_counts_val'])}.
-
-{_intervals(metrics)}
-
+{_training(config)}
+## Validation figures
+{_metrics(config)}
 ## Limitations
-- Synthetic phantoms: a tube-like bone with painted lesions. Real radiographs (e.g. pydicom-data's RG3_UNCR, a
-  tibia) are left out by the out-of-distribution check; a finding on a real image it let through would mean nothing.
-- Labs and notes are generated from the same label as the image, so the fusion gain is built in, not discovered.
-- Weights are stored as float16; metrics above were computed with the float16-rounded weights.
-- Lab units are assumed to be the requirement's units; values in other units are treated as missing.
+- Trained on synthetic phantoms unless the datalist above is a site's own: real radiographs are then left out by the
+  out-of-distribution check, and a finding on a real image it let through would mean nothing.
+- In the synthetic cohort, labs and notes are generated from the same label as the image, so the fusion gain is
+  built in, not discovered.
+- Weights are stored as float16; the figures above were computed with the float16-rounded weights.
+- Lab values in a unit other than the requirement's are treated as missing, never converted.
 """

@@ -30,7 +30,7 @@ from pipelines.base import (
     missing_inputs,
 )
 from pipelines.common.bundle import LoadedBundle, load_bundle
-from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION
+from pipelines.radiograph_lesion.spec import BUNDLES_DIR, RADIOGRAPH_LESION, usable_labs
 
 TRACKING_NAMESPACE = uuid.UUID("6b0f3e3c-2a8d-5f51-b7a4-9c2f0d1e4a77")
 
@@ -76,11 +76,9 @@ class RadiographLesionPipeline:
         """One forward pass of both stages on a blank input of the bundle's sizes: what ``pipelines install`` runs."""
         size, crop = self.input_size, self.bundle.fusion_config.crop_size
         detect.detect(self.bundle.detector, [np.zeros((size, size), dtype=np.float32)], self.bundle.device)
-        n_labs = len(self.bundle.fusion_config.lab_loincs)
-        probs = fuse.classify(self.bundle.classifier, np.zeros((1, crop, crop), dtype=np.float32),
-                              np.zeros((1, n_labs), dtype=np.float32), np.ones((1, n_labs), dtype=np.float32),
-                              np.zeros((1, fuse.TEXT_DIM), dtype=np.float32), np.ones(1, dtype=np.float32),
-                              self.bundle.device)
+        blank = fuse.prepare_inputs(self.bundle.fusion_config, np.zeros((1, crop, crop), dtype=np.float32), [{}],
+                                    [None], None)  # every clinical input missing: no text to encode
+        probs = fuse.classify(self.bundle.classifier, blank, self.bundle.device)
         if probs.shape != (1, len(self.classes)) or not np.isclose(float(probs.sum()), 1.0, atol=1e-4):
             raise ValueError(f"the classifier gave probabilities of shape {probs.shape} summing to {probs.sum():.4f}, "
                              f"not one per class ({len(self.classes)}) summing to 1")
@@ -91,21 +89,18 @@ class RadiographLesionPipeline:
     def device(self) -> str:
         return self.bundle.device.type
 
-    def _note_features(self, notes: tuple[str, ...]) -> tuple[np.ndarray, float]:
-        text = " ".join(n.strip() for n in notes if n.strip())
-        if not text:
-            return np.zeros(fuse.TEXT_DIM, dtype=np.float32), 1.0
-        if self._notes is None:  # the sentence model is loaded only when a note is there to read
+    def _text_encoder(self, labs: dict[str, float], note: str | None) -> fuse.NoteEncoder | None:
+        """The sentence model, loaded only when there is text for it to read (a note, or labs as sentences)."""
+        if self._notes is None and fuse.needs_text_encoder(self.bundle.fusion_config, [labs], [note]):
             self._notes = fuse.NoteEncoder(self.device)
-        emb, missing = self._notes.encode([text])
-        return emb[0], float(missing[0])
+        return self._notes
 
     def _labs(self, context: ClinicalContext) -> dict[str, float]:
         """Lab values usable as-is: status ok and the unit the model was trained on (no silent conversion)."""
         if context.fhir_status != "ok":
             return {}
-        units = {lab.loinc: lab.unit for lab in self.requirements.labs}
-        return {k: v.value for k, v in context.labs.items() if k in units and v.unit == units[k]}
+        return usable_labs({k: v.value for k, v in context.labs.items()}, {k: v.unit for k, v in context.labs.items()},
+                           self.requirements.labs)[0]
 
     def _admit(self, instance: InstanceRef, excluded: list[ExcludedInstance]) -> list[imaging.PreparedImage] | None:
         """The instance's frames ready for the detector, or None after adding to ``excluded`` why it is left out:
@@ -142,10 +137,15 @@ class RadiographLesionPipeline:
         missing = list(missing_inputs(self.requirements, context))
         missing += [f"labs:{lab.loinc}" for lab in self.requirements.labs
                     if lab.loinc in context.labs and lab.loinc not in labs and "labs" not in missing]
-        lab_values, lab_missing = fuse.lab_vector(labs, self.bundle.fusion_config)
-        note_emb, note_missing = self._note_features(context.notes if context.fhir_status == "ok" else ())
+        notes = context.notes if context.fhir_status == "ok" else ()
+        note = " ".join(n.strip() for n in notes if n.strip()) or None
+        trained_on = self.bundle.fusion_config.inputs  # a bundle trained without an input never sees it
+        if "labs" not in trained_on:
+            labs = {}
+        if "notes" not in trained_on:
+            note = None
         used = ["image", *(f"labs:{lab.loinc}" for lab in self.requirements.labs if lab.loinc in labs)]
-        if note_missing == 0.0:
+        if note is not None:
             used.append("notes")
 
         findings: list[Finding] = []
@@ -165,10 +165,9 @@ class RadiographLesionPipeline:
                 size = self.bundle.fusion_config.crop_size
                 crops = np.stack([imaging.crop(prepared.native, b, size) for b, _ in kept])
                 n = len(kept)
-                probs = fuse.classify(
-                    self.bundle.classifier, crops, np.tile(lab_values, (n, 1)), np.tile(lab_missing, (n, 1)),
-                    np.tile(note_emb, (n, 1)), np.full(n, note_missing, dtype=np.float32), self.bundle.device,
-                )
+                inputs = fuse.prepare_inputs(self.bundle.fusion_config, crops, [labs] * n, [note] * n,
+                                             self._text_encoder(labs, note))
+                probs = fuse.classify(self.bundle.classifier, inputs, self.bundle.device)
                 for (box, score), p in zip(kept, probs):
                     number = len(findings) + 1
                     best = int(np.argmax(p))

@@ -7,7 +7,7 @@ configs/metadata.json (``pipelines.registry``), so a site's retrained bundle can
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 from pipelines.common.bundle_layout import INTENDED_USE_STATEMENT
@@ -21,6 +21,29 @@ RADIOGRAPH_LESION_LABS: tuple[LabRequirement, ...] = (
     LabRequirement("17861-6", "calcium", "mg/dL"),
     LabRequirement("1988-5", "C-reactive protein", "mg/L"),
 )
+
+# Adult reference intervals in the units of RADIOGRAPH_LESION_LABS, and the short names, that lab sentences use
+# ("ALP elevated: 410 U/L, reference 40-130") when a bundle encodes labs as text. Typical adult serum intervals
+# (they vary by laboratory and method; a site retraining on its own data should put its laboratory's here).
+# LOINC -> (low, high, unit, short name).
+RADIOGRAPH_LESION_LAB_REFERENCE: dict[str, tuple[float, float, str, str]] = {
+    "6768-6": (40.0, 130.0, "U/L", "ALP"),
+    "2532-0": (140.0, 280.0, "U/L", "LDH"),
+    "17861-6": (8.6, 10.3, "mg/dL", "Calcium"),
+    "1988-5": (0.0, 5.0, "mg/L", "CRP"),
+}
+
+
+
+def usable_labs(values: Mapping[str, float], units: Mapping[str, str],
+                labs: Sequence[LabRequirement] = RADIOGRAPH_LESION_LABS) -> tuple[dict[str, float], int]:
+    """The labs a model may read: those of ``labs`` (its bundle's declared labs; by default the shipped bundle's)
+    given in their unit; and how many were left out for another unit (never converted: a value in another unit counts
+    as missing)."""
+    wanted = {lab.loinc: lab.unit for lab in labs}
+    usable = {k: float(v) for k, v in values.items() if k in wanted and units.get(k) == wanted[k]}
+    return usable, sum(1 for k in values if k in wanted and k not in usable)
+
 
 # What the model is made for; training writes it into the bundle's metadata ("intended_images", with the reasons
 # below), the pipeline enforces its bundle's on every image, and the node's default routing follows it.
