@@ -20,10 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="cohort seed: the same seed gives the same files")
     parser.add_argument("--split", type=float, nargs=3, default=list(DEFAULT_SPLIT),
                         metavar=("TRAIN", "VAL", "TEST"), help="patient fractions per split (default 0.6 0.2 0.2)")
+    parser.add_argument("--only", nargs="+", choices=("training", "validation", "test"), default=None,
+                        help="write only these lists (the same patients a full write puts there), e.g. --only test")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        path = write_cohort(args.out, args.n_patients, args.seed, args.split, progress=not args.quiet)
+        path = write_cohort(args.out, args.n_patients, args.seed, args.split, progress=not args.quiet,
+                            only=args.only)
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {path}")

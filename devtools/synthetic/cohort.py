@@ -260,11 +260,19 @@ def _split_sizes(n_patients: int, split: Sequence[float]) -> tuple[int, int, int
 
 
 def write_cohort(out_dir: Path, n_patients: int, seed: int, split: Sequence[float] = DEFAULT_SPLIT,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, only: Sequence[str] | None = None) -> Path:
     """Write ``n_patients`` cases as a site datalist (``pipelines.common.datalist``): ``<out>/<PatientID>/<SOP>.dcm``,
     ``<out>/<PatientID>.fhir.json`` and ``<out>/datalist.json`` with a patient-level training/validation/test split
-    (shuffled with the seed), labels as indices into LABELS and each box's oracle row. Returns the datalist's path."""
-    from pipelines.common.datalist import DatalistItem, write_datalist
+    (shuffled with the seed), labels as indices into LABELS and each box's oracle row. Returns the datalist's path.
+
+    ``only`` (e.g. ``("test",)``) writes just those lists: the same patients as a full write puts there (the split
+    does not depend on it), so the held-out list of a shipped bundle's cohort can be re-made without the rest."""
+    from pipelines.common.datalist import SPLITS, DatalistItem, write_datalist
+
+    wanted = tuple(only) if only else SPLITS
+    unknown = sorted(set(wanted) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"only (--only) names lists {', '.join(SPLITS)}, not {', '.join(unknown)}")
 
     if n_patients < 1:
         raise ValueError(f"n_patients (--n-patients) must be at least 1, got {n_patients}")
@@ -281,6 +289,8 @@ def write_cohort(out_dir: Path, n_patients: int, seed: int, split: Sequence[floa
 
         indices = tqdm(indices, desc="patients", unit="patient")
     for index in indices:
+        if split_of[index] not in wanted:
+            continue
         case = generate_case(seed, index)
         patient_id = case.demographics.patient_id
         files = _write_case(case, out / patient_id)
@@ -293,7 +303,8 @@ def write_cohort(out_dir: Path, n_patients: int, seed: int, split: Sequence[floa
                 labels=np.asarray([LABELS.index(label) for label in image.labels], dtype=np.int64),
                 fhir=fhir, oracle=np.asarray(image.oracle, dtype=np.float64).reshape(-1, len(LABELS)),
             ))
-    description = (f"devtools.synthetic cohort, seed {seed}, {n_patients} patients; split {tuple(split)} by patient; "
+    written = "" if wanted == SPLITS else f" (only the {', '.join(wanted)} list{'s' if len(wanted) > 1 else ''} written)"
+    description = (f"devtools.synthetic cohort, seed {seed}, {n_patients} patients{written}; split {tuple(split)} by patient; "
                    "oracle = p(class | lesion image latent, observed labs, note) per box (see devtools/synthetic/README.md)")
     return write_datalist(out / "datalist.json", LABELS, splits, name=f"synthetic-bone-seed{seed}",
                           description=description)

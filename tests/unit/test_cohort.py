@@ -230,3 +230,14 @@ def test_fhir_bundle_structure(tmp_path: Path) -> None:
         attachment = doc["content"][0]["attachment"]
         assert attachment["contentType"] == "text/plain"
         assert base64.b64decode(attachment["data"]).decode() == demo.case.note
+
+
+def test_only_the_held_out_list_can_be_rewritten(tmp_path: Path) -> None:
+    """``--only test`` writes the same held-out patients as a full write, and nothing else: how a shipped bundle's
+    test list is re-made without rendering its training data."""
+    full = json.loads((write_cohort(tmp_path / "full", 15, seed=4)).read_text())
+    assert main([str(tmp_path / "only"), "--n-patients", "15", "--seed", "4", "--only", "test", "--quiet"]) == 0
+    only = json.loads((tmp_path / "only" / "datalist.json").read_text())
+    assert only["test"] == full["test"] and only["test"] and not only["training"] and not only["validation"]
+    written = {p.name for p in (tmp_path / "only").iterdir() if p.is_dir()}
+    assert written == {item["patient_id"] for item in full["test"]}
