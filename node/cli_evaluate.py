@@ -106,6 +106,9 @@ def evaluate_command(
                                                               "(image, image+labs, image+notes, all); repeatable."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
+    record: bool = typer.Option(False, "--record", help="Also store the headline figures (with their CIs) in the "
+                                                       "bundle's configs/metadata.json \"metrics\" and re-render its "
+                                                       "model card (docs/README.md)."),
 ) -> None:
     """Evaluate a bundle on a datalist split: detection mAP@0.5 and FROC; per-class and macro AUC, F1, precision,
     recall, accuracy and ECE for fusion, each input ablation and the oracle; DeLong test of fusion vs image only;
@@ -153,3 +156,11 @@ def evaluate_command(
         console.print(f"exploratory: only {config.n_resamples} resamples; use {MIN_RESAMPLES} or more for reported "
                       "intervals")
     console.print(f"wrote {files.json}, {files.markdown} and {len(files.plots)} plots in {out}")
+    if record:
+        if data["provenance"]["resamples_below_minimum"]:
+            raise _fail(f"--record needs intervals from {MIN_RESAMPLES} or more resamples; run again without "
+                        "--allow-few-resamples")
+        from pipelines.radiograph_lesion.card import record_evaluation
+
+        record_evaluation(bundle_dir, data, headline_rows(data))
+        console.print(f"recorded the headline figures in {bundle_dir}'s metadata and model card")

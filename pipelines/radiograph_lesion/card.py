@@ -6,6 +6,7 @@ Kept apart from the training loop so the card's wording can be read and reviewed
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -101,6 +102,48 @@ def _metrics(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _evaluation(config: dict[str, Any]) -> str:
+    """The figures ``dicom-ai-node evaluate --record`` stored, each with its 95% CI, or how to make them."""
+    stored = config.get("metrics", {}).get("evaluation")
+    if not stored:
+        return ("Not recorded for this bundle: run `dicom-ai-node evaluate BUNDLE --datalist FILE --out DIR --record` "
+                "on a held-out list to put its figures, with their intervals, here.\n")
+    rows = "\n".join(f"| {name} | {value} |" for name, value in stored["rows"])
+    return f"""`{stored['command']}` on the {stored['split']!r} list of datalist {stored['datalist']!r}: \
+{stored['n_patients']} patients, {stored['n_images']} images, {stored['n_lesions']} lesions, none of them seen in \
+training or threshold choice. Intervals: percentile, {stored['n_resamples']} patient-level bootstrap resamples \
+(seed {stored['seed']}); DeLong's test with patients as clusters. "image" etc. are this model with the other inputs \
+withheld at inference; "oracle" is the generator's true class probabilities (the best possible), where the data \
+have them. The full report (per-class figures, plots) is what the command writes.
+
+| figure | value |
+|---|---|
+{rows}
+"""
+
+
+def record_evaluation(bundle_dir: Path, report: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+    """Store an evaluation report's headline figures (text with their CIs) in the bundle's metadata "metrics" and
+    re-render its model card; the weights and every other key stay as they are."""
+    from pipelines.common import bundle_layout
+
+    config = bundle_layout.read_config(bundle_dir)
+    provenance = report["provenance"]
+    datalist = provenance["datalist"]
+    evaluation = {
+        "command": f"dicom-ai-node evaluate {config['name']} --datalist DATALIST --split {datalist['split']} "
+                   f"--resamples {report['config']['n_resamples']} --seed {report['config']['seed']}",
+        "datalist": datalist.get("name", ""), "split": datalist["split"], "n_patients": report["n_patients"],
+        "n_images": datalist.get("images", report.get("detection", {}).get("n_images")),
+        "n_lesions": report.get("classification", {}).get("n_lesions"),
+        "n_resamples": report["config"]["n_resamples"], "seed": report["config"]["seed"],
+        "rows": [list(row) for row in rows],
+    }
+    config.setdefault("metrics", {})["evaluation"] = evaluation
+    bundle_layout.write_configs(bundle_dir, config)
+    (bundle_dir / bundle_layout.CARD).write_text(model_card(config))
+
+
 def _training(config: dict[str, Any]) -> str:
     training = config["training"]
     if "datalist" not in training:  # bundles trained on the in-memory synthetic cohort (0.2.0 and before)
@@ -164,6 +207,8 @@ Classes:
 
 ## Training data
 {_training(config)}
+## Evaluation on held-out data
+{_evaluation(config)}
 ## Validation figures
 {_metrics(config)}
 ## Limitations
