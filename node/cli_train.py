@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -46,6 +47,9 @@ def train(
     seed: int = typer.Option(0, help="Seed of training (shuffling, augmentation, initial weights)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (bf16 autocast on cuda)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under OUT/train."),
+    detector_from: Optional[Path] = typer.Option(None, "--detector-from", help="A bundle directory whose detector "
+                                                 "(stage 1) is reused as it is: only the fusion head is trained "
+                                                 "(ablation variants of one detector, or a classifier-only retrain)."),
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
 ) -> None:
     """Train both stages on a datalist's training list, validate on its validation list, write the bundle."""
@@ -71,6 +75,7 @@ def train(
             load_datalist(datalist), out, name=name, version=version, strategy=fusion,  # type: ignore[arg-type]
             lab_encoding=lab_encoding, epochs_detector=epochs_detector,  # type: ignore[arg-type]
             epochs_classifier=epochs_classifier, seed=seed, device=device, resume=resume, inputs=chosen, base=bundle,
+            detector_from=detector_from,
         )
     except (DatalistError, TrainError, FusionConfigError) as exc:
         typer.echo(f"train: {exc}", err=True)

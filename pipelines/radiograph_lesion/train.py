@@ -28,7 +28,9 @@ from pydicom import dcmread
 from tqdm import tqdm
 
 from pipelines.common import detect, fuse, imaging
-from pipelines.common.bundle import config_sections, detector_config_from, resolve_device, round_trip_half, save_bundle
+from pipelines.common.bundle import (
+    LoadedBundle, config_sections, detector_config_from, load_bundle, resolve_device, round_trip_half, save_bundle,
+)
 from pipelines.common.datalist import Datalist, DatalistError, DatalistItem
 from pipelines.evaluation.bootstrap import Estimate, estimate, patient_resamples
 from pipelines.evaluation.classification import classification_metrics, replicate_figures
@@ -456,10 +458,13 @@ def train_from_datalist(
     strategy: fuse.Strategy = "early", lab_encoding: fuse.LabEncoding = "vector", epochs_detector: int = 24,
     epochs_classifier: int = 20, seed: int = 0, device: str = "auto", resume: bool = False,
     inputs: Sequence[str] = fuse.MODALITIES, base: str | Path = RADIOGRAPH_LESION,
-    ood_quantile: float = 0.995,
+    ood_quantile: float = 0.995, detector_from: Path | None = None,
 ) -> TrainReport:
     """Train both stages on the datalist's "training" list, validate on its "validation" list, write the bundle
-    (architecture, classes and intended use from ``base``) and calibrate its out-of-distribution check."""
+    (architecture, classes and intended use from ``base``) and calibrate its out-of-distribution check.
+
+    ``detector_from`` (a bundle directory) reuses that bundle's stage 1 as it is and trains stage 2 only: how the
+    ablation variants (``inputs``) of one detector are made, and how a site retrains the classifier alone."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     start_config = base_config(base)
@@ -472,6 +477,17 @@ def train_from_datalist(
     train_items, val_items = datalist.split("training"), datalist.split("validation")
     inputs = tuple(inputs)
     torch_device = resolve_device(device)
+    reused: LoadedBundle | None = None
+    if detector_from is not None:
+        from pipelines.common.bundle_layout import METADATA
+
+        if not (Path(detector_from) / METADATA).is_file():
+            raise TrainError(f"--detector-from {detector_from}: not a bundle directory (no {METADATA})")
+        reused = load_bundle(Path(detector_from), "cpu")
+        if int(reused.config["input_size"]) != int(start_config["input_size"]):
+            raise TrainError(f"--detector-from {detector_from}: its input size {reused.config['input_size']} differs "
+                             f"from {base}'s {start_config['input_size']}")
+        epochs_detector = 0
     settings = {"datalist": str(datalist.path.resolve()), "seed": seed, "strategy": strategy,
                 "lab_encoding": lab_encoding, "epochs_detector": epochs_detector,
                 "epochs_classifier": epochs_classifier, "inputs": list(inputs), "base": str(base)}
@@ -492,10 +508,14 @@ def train_from_datalist(
             raise DatalistError(f"{datalist.path}: the 'training' list has no lesion boxes; the classifier needs some")
         t_data = time.perf_counter()
 
-        det_cfg = detector_config_from(start_config)
-        network = _train_detector(run, train_images, val_images, det_cfg, epochs_detector, input_size, torch_device,
-                                  seed, resume)
-        round_trip_half(network)
+        if reused is not None:
+            det_cfg = reused.detector_config
+            network = reused.detector.network.to(torch_device)
+        else:
+            det_cfg = detector_config_from(start_config)
+            network = _train_detector(run, train_images, val_images, det_cfg, epochs_detector, input_size,
+                                      torch_device, seed, resume)
+            round_trip_half(network)
         found = _detect_all(network, det_cfg, val_images, torch_device)
         detection = choose_threshold(found, val_images)
         t_det = time.perf_counter()
@@ -543,6 +563,8 @@ def train_from_datalist(
                          "base": str(base), "seed": seed, "strategy": strategy, "lab_encoding": lab_encoding,
                          "inputs": list(inputs), "epochs_detector": epochs_detector,
                          "epochs_classifier": epochs_classifier, "device": str(torch_device),
+                         **({"detector_from": f"{reused.config['name']} {reused.config['version']}"}
+                            if reused is not None else {}),
                          "amp": "bf16" if torch_device.type == "cuda" else "none", "seconds": seconds,
                          "torch": torch.__version__, "monai": monai.__version__,
                          "python": platform.python_version()},

@@ -164,3 +164,20 @@ def test_bad_options_and_datalists_name_the_fix(datalist: Datalist, tmp_path: Pa
     missing = CliRunner().invoke(app, ["train", "radiograph-lesion", "--datalist", str(tmp_path / "none.json"),
                                        "--out", str(tmp_path)])
     assert missing.exit_code == 2 and "no such datalist file" in missing.output
+
+
+def test_detector_from_reuses_stage_one_and_trains_only_the_fusion_head(
+        trained: tuple[Path, TrainReport], datalist: Datalist, tmp_path: Path) -> None:
+    source, _ = trained
+    report = train_from_datalist(datalist, tmp_path, inputs=("image",), epochs_classifier=1, device="cpu",
+                                 detector_from=source)
+    reused, original = _weights(tmp_path), _weights(source)
+    assert reused["detector"].keys() == original["detector"].keys()
+    assert all(torch.equal(reused["detector"][k], original["detector"][k]) for k in original["detector"])
+    config = read_config(tmp_path)
+    assert config["training"]["detector_from"] == "radiograph-lesion 9.9.9"
+    assert config["training"]["epochs_detector"] == 0 and config["fusion"]["inputs"] == ["image"]
+    log = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log} == {"classifier"} and report.n_train_patients == 4
+    with pytest.raises(TrainError, match="not a bundle directory"):
+        train_from_datalist(datalist, tmp_path / "x", device="cpu", detector_from=tmp_path / "nowhere")
