@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from numpy.typing import ArrayLike
 
 from pipelines.base import PatientBox
 
@@ -294,17 +295,17 @@ class Volume:
         return _matrix(np.asarray(self.image.GetOrigin()), np.asarray(self.image.GetDirection()).reshape(3, 3),
                        np.asarray(self.image.GetSpacing()))
 
-    def index_to_patient(self, ijk: np.ndarray | Sequence[float]) -> np.ndarray:
+    def index_to_patient(self, ijk: ArrayLike) -> np.ndarray:
         """(n, 3) continuous voxel indices (x, y, z order) -> (n, 3) LPS mm."""
         origin, m = self._affine()
         return np.atleast_2d(np.asarray(ijk, dtype=np.float64)) @ m.T + origin
 
-    def patient_to_index(self, xyz: np.ndarray | Sequence[float]) -> np.ndarray:
+    def patient_to_index(self, xyz: ArrayLike) -> np.ndarray:
         """(n, 3) LPS mm -> (n, 3) continuous voxel indices of this volume (x, y, z order)."""
         origin, m = self._affine()
         return np.linalg.solve(m, (np.atleast_2d(np.asarray(xyz, dtype=np.float64)) - origin).T).T
 
-    def patient_to_source(self, xyz: np.ndarray | Sequence[float]) -> list[SourcePixel]:
+    def patient_to_source(self, xyz: ArrayLike) -> list[SourcePixel]:
         """The nearest source slice of each point and the point's (column, row) on it; a point more than half a
         slice beyond the first or last slice raises ``outside-volume``."""
         origin, m = _matrix(self.stack.origin, self.stack.direction, self.stack.spacing)
@@ -318,7 +319,7 @@ class Volume:
             out.append(SourcePixel(self.stack.slices[nearest].sop_instance_uid, float(column), float(row)))
         return out
 
-    def index_to_source(self, ijk: np.ndarray | Sequence[float]) -> list[SourcePixel]:
+    def index_to_source(self, ijk: ArrayLike) -> list[SourcePixel]:
         return self.patient_to_source(self.index_to_patient(ijk))
 
     def patient_box(self, ijk_min: Sequence[float], ijk_max: Sequence[float]) -> PatientBox:
