@@ -357,7 +357,8 @@ def render_volume(case: ChestCase) -> np.ndarray:
             core = d / nodule.solid_fraction
             weight = np.clip((1.0 - core) / (edge / nodule.solid_fraction) + 0.5, 0.0, 1.0)
             region[...] = region + (nodule.solid_hu - region) * weight
-    blurred = gaussian_filter(hu, sigma=(0.4, 0.7, 0.7))
-    noise = rng.normal(0.0, case.noise_hu, size=hu.shape).astype(np.float32)
-    return np.asarray(np.clip(blurred + noise, -1024.0, 3071.0), dtype=np.float32)
+    out = gaussian_filter(hu, sigma=(0.4, 0.7, 0.7))
+    del hu
+    out += rng.standard_normal(size=out.shape, dtype=np.float32) * np.float32(case.noise_hu)
+    return np.asarray(np.clip(out, -1024.0, 3071.0, out=out), dtype=np.float32)
 

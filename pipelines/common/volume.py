@@ -75,6 +75,36 @@ class SeriesCriteria:
     max_gantry_tilt_deg: float = 1.0
     max_obliquity_deg: float = 10.0
 
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object], where: str = "series_selection") -> SeriesCriteria:
+        """Criteria as a bundle declares them (a JSON object with any of the field names); unknown keys and bad
+        values raise ValueError naming the key."""
+        defaults = cls()
+        known = {f: getattr(defaults, f) for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; the keys are {sorted(known)}")
+        values: dict[str, object] = {}
+        for key, value in raw.items():
+            default = known[key]
+            try:
+                if isinstance(default, tuple):
+                    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                        raise TypeError
+                    values[key] = tuple(str(v).upper() for v in value)
+                elif isinstance(default, str):
+                    if not isinstance(value, str):
+                        raise TypeError
+                    values[key] = value
+                else:
+                    number = type(default)(value)  # type: ignore[call-arg]
+                    if number < 0 or isinstance(value, bool):
+                        raise ValueError
+                    values[key] = number
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: {key!r} must be like {default!r}, not {value!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class SliceHeader:

@@ -214,3 +214,14 @@ def test_pydicom_data_ct_single_slices_are_refused_with_a_reason() -> None:
             stack_series([header])
         assert stacked.value.reason_code == "too-few-slices"
         assert pydicom.dcmread(path).pixel_array.size > 0  # the file itself decodes: the refusal is geometric
+
+
+def test_criteria_from_a_bundle_mapping_are_checked() -> None:
+    criteria = SeriesCriteria.from_mapping({"min_slices": 32, "spacing_tolerance": 0.05,
+                                            "excluded_image_types": ["localizer", "derived"]})
+    assert (criteria.min_slices, criteria.spacing_tolerance) == (32, 0.05)
+    assert criteria.excluded_image_types == ("LOCALIZER", "DERIVED")
+    with pytest.raises(ValueError, match="min_slice"):
+        SeriesCriteria.from_mapping({"min_slice": 3})
+    with pytest.raises(ValueError, match="'min_slices' must be like 16"):
+        SeriesCriteria.from_mapping({"min_slices": "many"})
