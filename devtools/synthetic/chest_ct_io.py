@@ -111,6 +111,7 @@ def ct_series_datasets(hu: np.ndarray, positions: np.ndarray, info: SeriesInfo,
         ds.StudyID = "1"
         ds.SeriesNumber = info.series_number
         ds.InstanceNumber = numbers[k]
+        ds.AcquisitionNumber = 1
         ds.ImagePositionPatient = [round(float(v), 4) for v in positions[k]]
         ds.ImageOrientationPatient = [round(float(v), 6) for v in orientation]
         ds.SliceThickness = round(thickness, 3)

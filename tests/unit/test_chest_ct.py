@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ def test_series_is_ct_with_geometry_and_nodules_are_where_the_boxes_say(cohort: 
     assert ds.SOPClassUID == pydicom.uid.CTImageStorage and ds.BodyPartExamined == "CHEST"
     assert (ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType) == (1, -1024, "HU")
     assert ds.FrameOfReferenceUID and len(ds.ImagePositionPatient) == 3 and ds.SliceThickness == 2.5
+    if shutil.which("dciodvfy"):
+        from dicom_validation import dciodvfy, errors
+
+        assert errors(dciodvfy(next(item.image.glob("*.dcm")))) == []
     volume = load_volume([item.image])
     hu = volume.array()
     lung = hu[(hu > -950) & (hu < -750)]
