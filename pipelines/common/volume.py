@@ -337,15 +337,19 @@ class Volume:
 
     def patient_to_source(self, xyz: ArrayLike) -> list[SourcePixel]:
         """The nearest source slice of each point and the point's (column, row) on it; a point more than half a
-        slice beyond the first or last slice raises ``outside-volume``."""
+        slice (or pixel) beyond the source slices raises ``outside-volume``."""
         origin, m = _matrix(self.stack.origin, self.stack.direction, self.stack.spacing)
         index = np.linalg.solve(m, (np.atleast_2d(np.asarray(xyz, dtype=np.float64)) - origin).T).T
         n = len(self.stack.slices)
+        columns, rows = self.stack.slices[0].columns, self.stack.slices[0].rows
         out = []
         for column, row, k in index:
             nearest = int(np.rint(k))
             if not 0 <= nearest < n:
                 raise VolumeError("outside-volume", f"slice index {k:.1f} is outside 0..{n - 1}")
+            if not (-0.5 <= column <= columns - 0.5 and -0.5 <= row <= rows - 0.5):
+                raise VolumeError("outside-volume", f"pixel ({column:.1f}, {row:.1f}) is outside the "
+                                                    f"{columns} x {rows} slice")
             out.append(SourcePixel(self.stack.slices[nearest].sop_instance_uid, float(column), float(row)))
         return out
 

@@ -133,6 +133,8 @@ def test_voxel_patient_source_round_trips_on_a_rotated_feet_first_stack(tmp_path
     with pytest.raises(VolumeError) as outside:
         volume.patient_to_source(volume.index_to_patient([[0.0, 0.0, 25.0]]))
     assert outside.value.reason_code == "outside-volume"
+    with pytest.raises(VolumeError, match="outside-volume: pixel"):
+        volume.index_to_source([[12.6, 3.0, 2.0]])
 
 
 def test_compressed_copies_of_a_phantom_series_give_the_same_hu(tmp_path: Path) -> None:
