@@ -114,12 +114,23 @@ def _evaluation(config: dict[str, Any]) -> str:
 training or threshold choice. Intervals: percentile, {stored['n_resamples']} patient-level bootstrap resamples \
 (seed {stored['seed']}); DeLong's test with patients as clusters. "image" etc. are this model with the other inputs \
 withheld at inference; "oracle" is the generator's true class probabilities (the best possible), where the data \
-have them. The full report (per-class figures, plots) is what the command writes.
+have them.{_as_trained(config, stored)} The full report (per-class figures, plots) is what the command writes.
 
 | figure | value |
 |---|---|
 {rows}
 """
+
+
+def _as_trained(config: dict[str, Any], stored: dict[str, Any]) -> str:
+    names = stored.get("as_trained") or []
+    if not names:
+        return ""
+    training = config.get("training", {})
+    return (f' "... (as trained)" rows ({", ".join(names)}): bundles whose fusion head was trained with only those '
+            f"inputs, on this bundle's detector and data (`dicom-ai-node train {training.get('base', 'radiograph-lesion')}"
+            f" --datalist DATALIST --detector-from THIS_BUNDLE --inputs image,labs ...`, same seed and epochs); "
+            "they are not shipped, and `--ablation NAME=DIR` adds them to the evaluation.")
 
 
 def record_evaluation(bundle_dir: Path, report: dict[str, Any], rows: list[tuple[str, str]]) -> None:
@@ -138,6 +149,8 @@ def record_evaluation(bundle_dir: Path, report: dict[str, Any], rows: list[tuple
         "n_lesions": report.get("classification", {}).get("n_lesions"),
         "n_resamples": report["config"]["n_resamples"], "seed": report["config"]["seed"],
         "rows": [list(row) for row in rows],
+        "as_trained": [name.removesuffix(" (as trained)") for name in report.get("classification", {}).get("sets", {})
+                       if name.endswith(" (as trained)")],
     }
     config.setdefault("metrics", {})["evaluation"] = evaluation
     bundle_layout.write_configs(bundle_dir, config)
