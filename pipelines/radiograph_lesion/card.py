@@ -165,13 +165,20 @@ def _training(config: dict[str, Any]) -> str:
                 f"{training['epochs_detector']} detector and {training['epochs_classifier']} classifier epochs, on "
                 f"{training['device']} (torch {training['torch']}, MONAI {training['monai']}).\n")
     inputs = ",".join(training["inputs"])
-    command = (f"dicom-ai-node train {training['base']} --datalist {training['datalist_path']} --out OUT "
+    command = (f"dicom-ai-node train {training['base']} --datalist DATALIST --out OUT "
                f"--name {config['name']} --version {config['version']} --fusion {training['strategy']} "
                f"--lab-encoding {training['lab_encoding']} --inputs {inputs} "
                f"--epochs-detector {training['epochs_detector']} --epochs-classifier {training['epochs_classifier']} "
                f"--seed {training['seed']} --device {training['device']}")
-    return f"""Datalist {training['datalist']!r}: its "training" list trained both stages, its "validation" list chose
-the detection threshold. Made with
+    described = f" ({training['datalist_description']})" if training.get("datalist_description") else ""
+    kept = (f" The fusion head kept is that of epoch {training['classifier_epoch_kept']} of "
+            f"{training['epochs_classifier']}, the one with the lowest validation log loss."
+            if "classifier_epoch_kept" in training else "")
+    reused = (f" Stage 1 is reused as it is from {training['detector_from']} (`--detector-from`)."
+              if training.get("detector_from") else "")
+    return f"""Datalist {training['datalist']!r}{described}: its "training" list trained \
+{'the fusion head' if reused else 'both stages'}, its "validation" list chose the detection threshold.{kept}{reused} \
+Made with
 
     {command}
 

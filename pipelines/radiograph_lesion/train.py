@@ -367,7 +367,8 @@ def _train_detector(run: _Run, images: list[SplitImage], val_images: list[SplitI
 
 def _train_classifier(run: _Run, model: fuse.LesionClassifier, config: fuse.FusionConfig, train: fuse.FusionInputs,
                       labels: np.ndarray, val: fuse.FusionInputs, val_labels: np.ndarray, epochs: int,
-                      device: torch.device, seed: int, resume: bool) -> None:
+                      device: torch.device, seed: int, resume: bool) -> int:
+    """Train the fusion head; returns the epoch kept (lowest validation log loss), whose weights the model holds."""
     rng = np.random.default_rng([seed, 2])
     batch_size = 64
     steps = max(1, epochs * ((len(labels) + batch_size - 1) // batch_size))
@@ -402,6 +403,23 @@ def _train_classifier(run: _Run, model: fuse.LesionClassifier, config: fuse.Fusi
         return {"loss": round(nll, 6), "accuracy": round(float((probs.argmax(1) == val_labels).mean()), 4)}
 
     _run_stage(run, "classifier", epochs, model, optimiser, scheduler, rng, epoch_fn, validate, resume)
+    return _keep_best_classifier_epoch(run, model, epochs)
+
+
+def _keep_best_classifier_epoch(run: _Run, model: torch.nn.Module, epochs: int) -> int:
+    """Early stopping after the fact: load the epoch whose validation log loss was lowest (the head overfits the
+    training crops in later epochs) from its checkpoint; the epoch kept is recorded in the bundle. Without a
+    validation loss (no validation lesions) the last epoch is kept."""
+    losses = {}
+    for line in run.metrics.read_text().splitlines():
+        record = json.loads(line)
+        if record["stage"] == "classifier" and record.get("val", {}).get("loss") is not None:
+            losses[int(record["epoch"])] = float(record["val"]["loss"])
+    best = min(losses, key=lambda e: (losses[e], e)) if losses else epochs
+    state = torch.load(run.path("classifier", best), map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return best
 
 
 # -- figures with intervals ----------------------------------------------------------------------------------------
@@ -536,8 +554,8 @@ def train_from_datalist(
         train_inputs = fuse.prepare_inputs(fus_cfg, train_crops.crops, train_crops.labs, train_crops.notes, encoder)
         val_inputs = fuse.prepare_inputs(fus_cfg, val_crops.crops, val_crops.labs, val_crops.notes, encoder)
         classifier = fuse.LesionClassifier(fus_cfg).to(torch_device)
-        _train_classifier(run, classifier, fus_cfg, train_inputs, train_crops.labels, val_inputs, val_crops.labels,
-                          epochs_classifier, torch_device, seed, resume)
+        kept_epoch = _train_classifier(run, classifier, fus_cfg, train_inputs, train_crops.labels, val_inputs,
+                                       val_crops.labels, epochs_classifier, torch_device, seed, resume)
         round_trip_half(classifier)
         probs = fuse.classify(classifier, val_inputs, torch_device)
         image_only = fuse.prepare_inputs(fus_cfg, val_crops.crops, val_crops.labs, val_crops.notes, encoder,
@@ -560,9 +578,11 @@ def train_from_datalist(
             "classes": start_config["classes"],
             **config_sections(det_cfg, fus_cfg),
             "training": {"datalist": datalist.name or datalist.path.name, "datalist_path": str(datalist.path),
+                         "datalist_description": datalist.description,
                          "base": str(base), "seed": seed, "strategy": strategy, "lab_encoding": lab_encoding,
                          "inputs": list(inputs), "epochs_detector": epochs_detector,
-                         "epochs_classifier": epochs_classifier, "device": str(torch_device),
+                         "epochs_classifier": epochs_classifier, "classifier_epoch_kept": kept_epoch,
+                         "device": str(torch_device),
                          **({"detector_from": f"{reused.config['name']} {reused.config['version']}"}
                             if reused is not None else {}),
                          "amp": "bf16" if torch_device.type == "cuda" else "none", "seconds": seconds,
