@@ -8,6 +8,7 @@ on the login form. The patient's name and ID are rendered on the worklist only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -183,7 +184,8 @@ def study_page(request: Request, study_uid: str, user: Principal = Depends(perso
         if study is None:
             raise HTTPException(404, f"no study {study_uid} on this node: see the worklist at /")
         store.record_opened(study_uid, user.name)
-        row = worklist_row(store, study)  # no header reader: the patient stays on the worklist
+        # the study description from the header; the patient's name and ID stay on the worklist
+        row = dataclasses.replace(worklist_row(store, study, context.headers), patient=None)
         runs: list[dict[str, Any]] = []
         for job in store.jobs(study_uid):
             run = store.current_run(job["job_id"])

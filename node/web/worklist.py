@@ -118,7 +118,9 @@ def ai_status(study: dict[str, Any], jobs: Sequence[dict[str, Any]]) -> tuple[Ai
     if state == StudyState.RECEIVING:
         return AiStatus.WAITING, f"receiving images ({study['instance_count'] or 0} so far)"
     if jobs and all(j["current_run_id"] for j in jobs) and not any(j["state"] == JobState.RUNNING for j in jobs):
-        return AiStatus.DONE, reason
+        # the jobs say where their results are (delivering, delivered, kept locally); the study's own reason
+        # ("processing: ...") lags while results are still being delivered
+        return AiStatus.DONE, "; ".join(sorted({j["state_reason"] for j in jobs if j["state_reason"]})) or reason
     if any(j["state"] == JobState.RUNNING for j in jobs):
         return AiStatus.ANALYSING, ", ".join(j["pipeline"] for j in jobs if j["state"] == JobState.RUNNING)
     return AiStatus.WAITING, reason or "queued"
