@@ -3,7 +3,8 @@
 AI-priority order with the right badge and reason, whatever their arrival order; a study page shows the overlay
 and the findings. The test writes the screenshots the README shows (docs/screenshots/).
 
-The pipeline is the test's own (no torch): a malignant finding on a study described "lesion", none otherwise.
+The pipeline is the test's own (no torch): a malignant finding on a study described "lesion", an error on one
+described "fail", no finding otherwise.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ TIMEOUT_MS = 60_000
 
 
 class LesionIfDescribed:
-    """A malignant lesion in the middle of every image of a study whose description says "lesion"."""
+    """A malignant lesion in the middle of every image of a study whose description says "lesion"; an error on a
+    study whose description says "fail" (every attempt)."""
 
     name = "lesion-if-described"
     version = "1.0"
@@ -50,6 +52,8 @@ class LesionIfDescribed:
         findings = []
         for ref in study.instances:
             ds = dcmread(ref.path)
+            if "fail" in str(ds.get("StudyDescription", "")):
+                raise RuntimeError("the test's pipeline fails on purpose")
             if "lesion" not in str(ds.get("StudyDescription", "")):
                 continue
             n = int(ds.Rows)
@@ -107,16 +111,22 @@ def test_worklist_live_order_badges_and_screenshots(node: InProcessNode, tmp_pat
             expect(page.locator("#live")).to_have_class(re.compile(r"\bon\b"))  # the event stream is open
             page.evaluate("window.__same_document = true")  # gone if the page reloads
 
-            # the study without findings arrives first, the malignant one second
+            # the study without findings arrives first, then one the AI fails on, the malignant one last
             plain_uid, plain = study_files(tmp_path, "plain", "Knee, 2 views", "SYN-0101")
+            failing_uid, failing = study_files(tmp_path, "failing", "Hip, fail", "SYN-0103")
             lesion_uid, lesion = study_files(tmp_path, "lesion", "Femur lesion follow-up", "SYN-0102")
             assert storescu(node.port, plain).returncode == 0
             expect(page.locator(f'tr[data-study-uid="{plain_uid}"] .badge')).to_have_text("no finding")
+            assert storescu(node.port, failing).returncode == 0
+            failed_row = page.locator(f'tr[data-study-uid="{failing_uid}"]')
+            expect(failed_row.locator(".badge")).to_have_text("failed")
+            expect(failed_row.locator(".reason")).to_contain_text("the test's pipeline fails on purpose")
             assert storescu(node.port, lesion).returncode == 0
             expect(page.locator(f'tr[data-study-uid="{lesion_uid}"] .badge')).to_have_text("malignant")
 
             uids = page.locator("#rows tr").evaluate_all("rows => rows.map(r => r.dataset.studyUid)")
-            assert uids == [lesion_uid, plain_uid], "the malignant study must sort above the one with none"
+            # the malignant study above the ones with none, whatever the arrival order; the failed one stays listed
+            assert uids == [lesion_uid, plain_uid, failing_uid]
             lesion_row = page.locator(f'tr[data-study-uid="{lesion_uid}"]')
             expect(lesion_row.locator(".finding")).to_contain_text("Malignant neoplasm, primary")
             expect(lesion_row.locator(".finding")).to_contain_text("p = 0.87; lesion-if-described 1.0")
