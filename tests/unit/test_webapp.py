@@ -185,3 +185,14 @@ def test_machine_endpoints_stay_open_without_a_token(node_db: Path) -> None:
     c = client(node_db, token=None)
     assert c.get("/api/studies").status_code == 200 and c.get("/metrics").status_code == 200
     assert c.get("/").status_code == 303
+
+
+def test_web_config_names_the_fix(tmp_path: Path) -> None:
+    from node.config import ConfigError, parse_settings
+
+    ok = parse_settings({"web": {"viewer_url": "https://v.example/viewer?StudyInstanceUIDs={study_uid}"}})
+    assert ok.web.viewer_url is not None and ok.web.session_hours == 12.0
+    with pytest.raises(ConfigError, match=r"web.viewer_url .* with \{study_uid\} in it"):
+        parse_settings({"web": {"viewer_url": "https://v.example/viewer"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_settings({"web": {"viewer": "x"}})
