@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Stre
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from node.audit import WEB_LOGIN
 from node.web import auth
 from node.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, Role
 from node.web.context import WebContext
@@ -85,7 +86,10 @@ def login_submit(request: Request, username: str = Form(""), password: str = For
     context = _context(request)
     store = context.open_store()
     try:
-        if not auth.login(store, username, password):
+        ok = auth.login(store, username, password)
+        store.audit(WEB_LOGIN, "success" if ok else "wrong-credentials", actor=username[:64],
+                    source=request.client.host if request.client else "")
+        if not ok:
             return _login_form(request, next, "Unknown user name or wrong password.", 401)
         token = auth.new_session(store, username, context.web.session_hours, time.time())
     finally:

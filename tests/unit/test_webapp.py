@@ -114,6 +114,14 @@ def test_login_failures_and_csrf(node_db: Path) -> None:
     wrong = c.post("/login", data={"username": "rita", "password": "nope-nope", "csrf": csrf.group(1)})
     assert wrong.status_code == 401 and "wrong password" in wrong.text
     assert "ainode_session" not in wrong.headers.get("set-cookie", "")
+    from node.audit import WEB_LOGIN, to_audit_event
+
+    store = Store(node_db)
+    failed = store.audit_records(kind=WEB_LOGIN)
+    assert [(r["actor"], r["outcome"]) for r in failed] == [("rita", "wrong-credentials")]
+    event = to_audit_event(failed[0], "AINODE")
+    assert event.type.code == "110114" and event.outcome == "4"
+    assert "nope-nope" not in str(failed)  # the password typed is not recorded
     stranger = client(node_db)  # a cross-site form post has no login cookie of ours
     forged = stranger.post("/login", data={"username": "rita", "password": "reader-password", "csrf": "x"})
     assert forged.status_code == 403 and "ainode_session" not in forged.headers.get("set-cookie", "")
