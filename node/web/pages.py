@@ -150,28 +150,26 @@ async def events(request: Request, user: Principal = Depends(person)) -> Respons
     """Server-sent events: ``change`` whenever a study or job changed (the database polled once a second)."""
     context = _context(request)
 
-    def mark() -> tuple[int, float]:
-        store = context.open_store()
+    async def stream() -> AsyncIterator[str]:
+        # one connection for the stream's life (used by one thread at a time: each poll is awaited)
+        store = await run_in_threadpool(context.open_store)
         try:
-            return store.change_mark()
+            last = await run_in_threadpool(store.change_mark)
+            quiet = 0.0
+            yield "retry: 2000\n\n"
+            while not await request.is_disconnected() and not context.stopping.is_set():
+                await asyncio.sleep(SSE_POLL_SECONDS)
+                now = await run_in_threadpool(store.change_mark)
+                if now != last:
+                    last, quiet = now, 0.0
+                    yield f"event: change\ndata: {now[0]}\n\n"
+                else:
+                    quiet += SSE_POLL_SECONDS
+                    if quiet >= SSE_HEARTBEAT_SECONDS:
+                        quiet = 0.0
+                        yield ": still here\n\n"
         finally:
             store.close()
-
-    async def stream() -> AsyncIterator[str]:
-        last = await run_in_threadpool(mark)
-        quiet = 0.0
-        yield "retry: 2000\n\n"
-        while not await request.is_disconnected() and not context.stopping.is_set():
-            await asyncio.sleep(SSE_POLL_SECONDS)
-            now = await run_in_threadpool(mark)
-            if now != last:
-                last, quiet = now, 0.0
-                yield f"event: change\ndata: {now[0]}\n\n"
-            else:
-                quiet += SSE_POLL_SECONDS
-                if quiet >= SSE_HEARTBEAT_SECONDS:
-                    quiet = 0.0
-                    yield ": still here\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -204,3 +204,19 @@ def test_web_config_names_the_fix(tmp_path: Path) -> None:
         parse_settings({"web": {"viewer_url": "https://v.example/viewer"}})
     with pytest.raises(ConfigError, match="unknown key"):
         parse_settings({"web": {"viewer": "x"}})
+
+
+@pytest.mark.timeout(30)  # no change event: the stream only sends heartbeats, and the test would wait
+def test_events_say_when_a_study_changes(node_db: Path) -> None:
+    c = logged_in(node_db, "rita", "reader-password")
+    context: WebContext = c.app.state.context  # type: ignore[attr-defined]
+    with c.stream("GET", "/events") as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        lines = events.iter_lines()
+        assert next(lines) == "retry: 2000"
+        store = Store(node_db)
+        store.index_instance(inst("55", "5.5.5"), now=500.0)  # a new study arrives
+        store.close()
+        event = next(line for line in lines if line.startswith("event:"))  # the next one: within a second
+        assert event == "event: change"
+        context.stopping.set()  # what shutdown does: the stream ends
