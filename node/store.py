@@ -595,6 +595,11 @@ class Store:
         return list(self.db.query("SELECT * FROM results WHERE run_id = ? ORDER BY kind DESC, sop_instance_uid",
                                   [run_id]))
 
+    def result_object(self, study_uid: str, sop_instance_uid: str) -> dict[str, Any] | None:
+        """One of the node's result objects, only if it belongs to ``study_uid``."""
+        return self._one("SELECT * FROM results WHERE sop_instance_uid = ? AND study_uid = ?",
+                         [sop_instance_uid, study_uid])
+
     def findings_of_run(self, run_id: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM findings WHERE run_id = ? ORDER BY probability DESC", [run_id]))
 

@@ -210,12 +210,10 @@ def overlay(request: Request, study_uid: str, sop_instance_uid: str,
             user: Principal = Depends(person)) -> Response:
     store = _context(request).open_store()
     try:
-        rows = list(store.db.query(
-            "SELECT path FROM results WHERE sop_instance_uid = ? AND study_uid = ? AND kind = 'sc'",
-            [sop_instance_uid, study_uid]))
+        result = store.result_object(study_uid, sop_instance_uid)
     finally:
         store.close()
-    png = Path(rows[0]["path"]).with_suffix(".png") if rows else None
+    png = Path(result["path"]).with_suffix(".png") if result is not None and result["kind"] == "sc" else None
     if png is None or not png.exists():
         raise HTTPException(404, "no such overlay for this study")
     return FileResponse(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
