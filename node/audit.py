@@ -24,6 +24,7 @@ PHI_READ = "phi-read"
 RESULT_SENT = "result-sent"
 CONFIGURATION = "configuration"
 EXPORT = "research-export"  # node.export writes it
+WEB_LOGIN = "web-login"  # node.web.pages writes it: a person logging in to the web application, or failing to
 
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -34,10 +35,12 @@ _TYPES: dict[str, tuple[dict[str, str], str]] = {
     RESULT_SENT: ({"system": _DCM, "code": "110104", "display": "DICOM Instances Transferred"}, "R"),
     CONFIGURATION: ({"system": _DCM, "code": "110100", "display": "Application Activity"}, "E"),
     EXPORT: ({"system": _DCM, "code": "110106", "display": "Export"}, "R"),
+    WEB_LOGIN: ({"system": _DCM, "code": "110114", "display": "User Authentication"}, "E"),
 }
 _SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
 # AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure
-_FAILED_OUTCOMES = {"rejected": "4", "aborted": "4", "unreachable": "4", "timeout": "4", "patient-not-found": "4"}
+_FAILED_OUTCOMES = {"rejected": "4", "aborted": "4", "unreachable": "4", "timeout": "4", "patient-not-found": "4",
+                    "wrong-credentials": "4"}
 
 
 def config_fingerprint(path: Path | None) -> str:

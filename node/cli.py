@@ -250,6 +250,10 @@ from node.cli_pipelines import pipelines_app  # noqa: E402  (its own module; reg
 
 app.add_typer(pipelines_app, name="pipelines")
 
+from node.cli_users import users_app  # noqa: E402  (its own module; registered here)
+
+app.add_typer(users_app, name="users")
+
 
 app.command("train")(train_command)  # its own module: node/cli_train.py
 

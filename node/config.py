@@ -190,6 +190,16 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The web application on node.http_port (node.web)."""
+
+    # the site's viewer, "{study_uid}" replaced by the study's UID, e.g. OHIF's
+    # "https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}"; None: no viewer link
+    viewer_url: str | None = None
+    session_hours: float = 12.0  # a login lasts this long
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings
     pacs: PacsSettings | None
@@ -205,6 +215,7 @@ class Settings:
     # where results go: [pacs] (unless its kinds = []) first, then every [[destination]]
     destinations: tuple[DestinationSettings, ...] = ()
     pipelines: PipelinesSettings = PipelinesSettings()
+    web: WebSettings = WebSettings()
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -280,7 +291,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
     _known(raw, "top level",
            {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets",
-            "destination", "pipelines"})
+            "destination", "pipelines", "web"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -426,7 +437,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     destinations = _destinations(raw, pacs, outbox, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
                     ingest=ingest, watchdog=watchdog, security=security, budgets=budgets, destinations=destinations,
-                    pipelines=pipelines)
+                    pipelines=pipelines, web=_web(raw))
 
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -641,6 +652,16 @@ def _security(raw: dict[str, Any], node: NodeSettings, base_dir: Path | None) ->
         http=HttpSecuritySettings(token=token, token_file=token_file, cert_file=http_cert, key_file=http_key),
     )
     return settings
+
+
+def _web(raw: dict[str, Any]) -> WebSettings:
+    w = _table(raw, "web")
+    _known(w, "web", {"viewer_url", "session_hours"})
+    viewer_url = _get(w, "web", "viewer_url", str, None)
+    if viewer_url is not None and (not viewer_url.startswith(("http://", "https://")) or "{study_uid}" not in viewer_url):
+        raise ConfigError(f"web.viewer_url = {viewer_url!r} must be an http(s) URL with {{study_uid}} in it, e.g. "
+                          "\"https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}\"")
+    return WebSettings(viewer_url=viewer_url, session_hours=_positive(w, "web", "session_hours", float, 12.0))
 
 
 def load_settings(path: Path) -> Settings:

@@ -87,6 +87,21 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
     return sr_found, n_sc
 
 
+def _demo_account(node: Node) -> str:
+    """An admin account 'demo' with a new random password, for the worklist (this demo's database only)."""
+    import secrets
+
+    from node.web.auth import hash_password
+
+    password = secrets.token_urlsafe(9)
+    store = node.open_store()
+    try:
+        store.add_user("demo", hash_password(password), "admin")
+    finally:
+        store.close()
+    return password
+
+
 def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
     from devtools.synthetic.cohort import write_demo_study
 
@@ -103,6 +118,8 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
     with FhirEngine(load=bundle_path) as fhir, \
             Orthanc(modalities={MODALITY_NAME: (NODE_AE, "127.0.0.1", node_port)},
                     workdir=workdir / "orthanc") as pacs:
+        # OHIF Viewer 3 on Orthanc's DICOMweb, where the SR draws its boxes (when deploy/viewer is installed).
+        viewer = OhifViewer(f"{pacs.url}/dicom-web").start() if (OHIF_DIST / "index.html").is_file() else None
         settings = parse_settings(
             {
                 "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": node_port,
@@ -110,14 +127,15 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
                 "pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
                 "fhir": {"base_url": fhir.base_url, "patient_identifier_system": "urn:dicom-ai-node:synthetic-mrn"},
                 "assembly": {"quiet_seconds": 5},
+                **({"web": {"viewer_url": viewer.study_url("{study_uid}")}} if viewer is not None else {}),
             },
             base_dir=workdir,
         )
         node = Node(settings)
+        password = _demo_account(node)
         node.start()
-        # OHIF Viewer 3 on Orthanc's DICOMweb, where the SR draws its boxes (when deploy/viewer is installed).
-        viewer = OhifViewer(f"{pacs.url}/dicom-web").start() if (OHIF_DIST / "index.html").is_file() else None
         try:
+            print(f"worklist:       http://127.0.0.1:{http_port}/  (user 'demo', password '{password}')")
             print(f"Orthanc (PACS): {pacs.url}/app/explorer.html  DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}")
             print(f"FHIR engine:    {fhir.base_url}")
             print(f"node:           DICOM {NODE_AE}@127.0.0.1:{node_port}, status http://127.0.0.1:{http_port}/api/studies")

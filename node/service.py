@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from node.resources import disk_space, low_space, watermark_bytes
 from node.store import Store
 from node.tls import http_context
 from node.watchdog import Watchdog
-from node.web import start_web
+from node.web import WebServer, start_web
 from node.worker import Worker
 from pipelines.base import Pipeline
 
@@ -85,7 +84,7 @@ class Node:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.listener: Listeners | None = None
-        self.web: ThreadingHTTPServer | None = None
+        self.web: WebServer | None = None
         self.pipelines_ready = threading.Event()
         self.worker: Worker | None = None  # set by the worker thread; /healthz asks it about abandoned runs
 
@@ -112,7 +111,8 @@ class Node:
         self.listener = start_listener(self.settings.node, deps, security)
         self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health,
                              token=security.http.token, ssl_context=http_context(security.http),
-                             connection_stats=self.listener.book.stats, gauges=self.gauges)
+                             connection_stats=self.listener.book.stats, gauges=self.gauges,
+                             web=self.settings.web)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         for destination in self.settings.destinations:  # one thread each: a destination down never holds up another

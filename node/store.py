@@ -92,6 +92,28 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
          "detail": str},
         "audit_id",
     ),
+    # The findings of each run, as the worklist ranks them (the SR holds the full record): one row per lesion.
+    "findings": (
+        {"finding_id": str, "run_id": str, "job_id": str, "study_uid": str, "tracking_id": str, "class_value": str,
+         "class_scheme": str, "class_meaning": str, "probability": float, "sop_instance_uid": str,
+         "frame_number": int},
+        "finding_id",
+    ),
+    # When a person first opened a study's page, and (later: feedback) acknowledged its AI result.
+    "study_reads": (
+        {"read_id": str, "study_uid": str, "username": str, "opened_at": float, "acknowledged_at": float},
+        "read_id",
+    ),
+    # People who log in to the web application; password_hash is argon2id (node.web.auth), role reader or admin.
+    "users": (
+        {"username": str, "password_hash": str, "role": str, "created_at": float, "disabled": int},
+        "username",
+    ),
+    # Logged-in browser sessions: the cookie carries a random token, the table only its sha256.
+    "web_sessions": (
+        {"token_sha256": str, "username": str, "csrf": str, "created_at": float, "expires_at": float},
+        "token_sha256",
+    ),
 }
 
 
@@ -201,6 +223,8 @@ class Store:
         self.db["results"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["outbox"].create_index(["state", "next_attempt_at"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["outbox"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["findings"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["study_reads"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.db.conn.close()
@@ -571,6 +595,14 @@ class Store:
         return list(self.db.query("SELECT * FROM results WHERE run_id = ? ORDER BY kind DESC, sop_instance_uid",
                                   [run_id]))
 
+    def result_object(self, study_uid: str, sop_instance_uid: str) -> dict[str, Any] | None:
+        """One of the node's result objects, only if it belongs to ``study_uid``."""
+        return self._one("SELECT * FROM results WHERE sop_instance_uid = ? AND study_uid = ?",
+                         [sop_instance_uid, study_uid])
+
+    def findings_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM findings WHERE run_id = ? ORDER BY probability DESC", [run_id]))
+
     def finish_run(self, run_id: str, outcome: RunOutcome, destinations: Sequence[DeliveryRoute],
                    now: float | None = None) -> RunState | None:
         """Record a run's results and queue them for delivery, in one transaction.
@@ -632,6 +664,15 @@ class Store:
                 f"not analysed: {len(excluded)} instance(s): "
                 + ", ".join(f"{uid} {reason} ({why})" for uid, reason, why in excluded) if excluded else "",
             ]))
+            for f in s.get("findings") or []:
+                self.db["findings"].upsert(  # type: ignore[union-attr]
+                    {"finding_id": f"{run_id}/{f['tracking_uid']}", "run_id": run_id, "job_id": job_id,
+                     "study_uid": study_uid, "tracking_id": f["tracking_id"], "class_value": f["class_value"],
+                     "class_scheme": f["class_scheme"], "class_meaning": f["class_meaning"],
+                     "probability": float(f["probability"]), "sop_instance_uid": f["sop_instance_uid"],
+                     "frame_number": int(f["frame_number"])},
+                    pk="finding_id",
+                )
             self._set_run(run_id, state, sr_sop_uid=s["sr_sop_uid"], predecessor_sr_uid=outcome.predecessor_sr_uid,
                           detail=detail, **run_cols)
             if current is not None:
@@ -896,6 +937,65 @@ class Store:
         return list(
             self.db.query("SELECT * FROM events WHERE study_uid = ? ORDER BY event_id DESC LIMIT ?", [study_uid, limit])
         )
+
+
+    # -- web application: accounts, sessions, reads -----------------------------------------------------------
+
+    def add_user(self, username: str, password_hash: str, role: str, now: float | None = None) -> None:
+        """Create the account, or replace its password and role."""
+        with self.transaction():
+            self.db["users"].upsert(  # type: ignore[union-attr]
+                {"username": username, "password_hash": password_hash, "role": role,
+                 "created_at": time.time() if now is None else now, "disabled": 0}, pk="username")
+            self.db.execute("DELETE FROM web_sessions WHERE username = ?", [username])  # a new password logs out
+
+    def remove_user(self, username: str) -> bool:
+        with self.transaction():
+            gone = self.db.execute("DELETE FROM users WHERE username = ?", [username]).rowcount > 0
+            self.db.execute("DELETE FROM web_sessions WHERE username = ?", [username])
+        return gone
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM users WHERE username = ? AND NOT disabled", [username])
+
+    def users(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT username, role, created_at, disabled FROM users ORDER BY username"))
+
+    def open_session(self, token_sha256: str, username: str, csrf: str, expires_at: float) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM web_sessions WHERE expires_at < ?", [time.time()])
+            self.db["web_sessions"].insert(  # type: ignore[union-attr]
+                {"token_sha256": token_sha256, "username": username, "csrf": csrf, "created_at": time.time(),
+                 "expires_at": expires_at})
+
+    def session(self, token_sha256: str, now: float | None = None) -> dict[str, Any] | None:
+        """The live session with its user's role; None when unknown, expired or its user is gone."""
+        return self._one(
+            "SELECT s.*, u.role FROM web_sessions s JOIN users u ON u.username = s.username "
+            "WHERE s.token_sha256 = ? AND s.expires_at > ? AND NOT u.disabled",
+            [token_sha256, time.time() if now is None else now])
+
+    def close_session(self, token_sha256: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM web_sessions WHERE token_sha256 = ?", [token_sha256])
+
+    def record_opened(self, study_uid: str, username: str, now: float | None = None) -> None:
+        """The first time ``username`` opened the study's page (later openings keep the first time)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO study_reads (read_id, study_uid, username, opened_at) VALUES (?, ?, ?, ?)",
+                [f"{study_uid}/{username}", study_uid, username, time.time() if now is None else now])
+
+    def reads(self, study_uid: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM study_reads WHERE study_uid = ? ORDER BY opened_at", [study_uid]))
+
+    def change_mark(self) -> tuple[int, float]:
+        """Changes whenever a study or job changes: the last event's id and the latest update of either."""
+        row = self.db.execute(
+            "SELECT (SELECT COALESCE(MAX(event_id), 0) FROM events), "
+            "(SELECT COALESCE(MAX(COALESCE(updated_at, last_received_at)), 0) FROM studies), "
+            "(SELECT COALESCE(MAX(updated_at), 0) FROM jobs)").fetchone()
+        return int(row[0]), max(float(row[1]), float(row[2]))
 
 
 def is_final(study: dict[str, Any]) -> bool:

@@ -270,6 +270,12 @@ class Worker:
             "timings": timings, "fhir_status": context.fhir_status, "n_findings": len(result.findings),
             "inputs_missing": list(result.inputs_missing), "sr_sop_uid": objects[0][0],
             "instances_excluded": [[e.sop_instance_uid, e.reason, e.detail] for e in result.instances_excluded],
+            "findings": [
+                {"tracking_uid": f.tracking_uid, "tracking_id": f.tracking_id, "class_value": f.class_code.value,
+                 "class_scheme": f.class_code.scheme_designator, "class_meaning": f.class_code.meaning,
+                 "probability": f.probability, "sop_instance_uid": f.sop_instance_uid, "frame_number": f.frame_number}
+                for f in result.findings
+            ],
         }
         self.store.finish_run(
             job["run_id"],

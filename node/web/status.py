@@ -1,29 +1,19 @@
-"""The status endpoints on ``http_port``: /healthz, /metrics (Prometheus) and /api/studies (JSON).
+"""What the machine endpoints report: /api/studies' summaries (no patient identifiers) and /metrics' collectors.
 
-Read-only and served from the standard library's threading HTTP server; every request opens its own Store.
-With a token configured every endpoint but /healthz wants ``Authorization: Bearer <token>``; with a certificate
-the server speaks HTTPS, the handshake in the request's thread.
+Both read the database at request time through a Store the caller opens; node.web.api serves them.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import logging
-import socket
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from node.dicom_server import ConnectionStats
 from node.store import Store
 
-log = logging.getLogger(__name__)
 
 # check name -> True, or False / a sentence saying what is wrong
 HealthCheck = Callable[[], Mapping[str, bool | str]]
@@ -114,41 +104,6 @@ class _StoreCollector:
             yield GaugeMetricFamily(name, text, value=number)
 
 
-HANDSHAKE_SECONDS = 10.0
-
-
-class _StatusServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer whose TLS handshake, when there is one, runs in the request's thread: wrapping the
-    listening socket would do it in the accept loop, where one silent client stops every other request."""
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 ssl_context: ssl.SSLContext | None) -> None:
-        self.ssl_context = ssl_context
-        super().__init__(address, handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(HANDSHAKE_SECONDS)
-        try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("https handshake with %s failed: %s", client_address[0], getattr(exc, "reason", None) or exc)
-            return
-        try:
-            super().finish_request(tls, client_address)
-        finally:
-            try:
-                socket.socket.shutdown(tls, socket.SHUT_RDWR)
-            except OSError:
-                pass
-            tls.close()
-
-
 class _ConnectionCollector:
     """The DICOM listeners' connections now, and those the node closed or refused (flood, limits, access)."""
 
@@ -168,64 +123,12 @@ class _ConnectionCollector:
         yield c
 
 
-def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck,
-              token: str | None = None, ssl_context: ssl.SSLContext | None = None,
-              connection_stats: Callable[[], ConnectionStats] | None = None,
-              gauges: Gauges | None = None) -> ThreadingHTTPServer:
-    """Serve the endpoints in background threads. Without ``token`` they answer anyone (the demo's setting)."""
+def metrics_registry(open_store: Callable[[], Store], health: HealthCheck,
+                     connection_stats: Callable[[], ConnectionStats] | None = None,
+                     gauges: Gauges | None = None) -> CollectorRegistry:
+    """A registry that reads the database, the checks and the listeners' connections at each scrape."""
     registry = CollectorRegistry()
     registry.register(_StoreCollector(open_store, health, gauges))  # type: ignore[arg-type]
     if connection_stats is not None:
         registry.register(_ConnectionCollector(connection_stats))  # type: ignore[arg-type]
-    expected = f"Bearer {token}".encode() if token else None
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 30  # a client that opens a connection and sends nothing gives its thread back
-
-        def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(code, json.dumps(payload, indent=1).encode(), "application/json", headers)
-
-        def _authorized(self) -> bool:
-            if expected is None:
-                return True
-            offered = (self.headers.get("Authorization") or "").strip().encode()
-            return hmac.compare_digest(offered, expected)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            path = self.path.split("?", 1)[0]
-            if path != "/healthz" and not self._authorized():
-                self._json(401, {"error": "send 'Authorization: Bearer <token>' ([security.http] token_file)"},
-                           {"WWW-Authenticate": 'Bearer realm="dicom-ai-node"'})
-            elif path == "/healthz":
-                checks = dict(health())
-                ok = all(value is True for value in checks.values())
-                self._json(200 if ok else 503, {"ok": ok, "checks": checks})
-            elif path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/api/studies":
-                store = open_store()
-                try:
-                    self._json(200, study_summaries(store))
-                finally:
-                    store.close()
-            else:
-                self._json(404, {"error": f"no such endpoint {path}; try /healthz, /metrics, /api/studies"})
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("http: " + format, *args)
-
-    server = _StatusServer((host, port), Handler, ssl_context)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    log.info("status endpoints on %s://%s:%d (/healthz, /metrics, /api/studies; %s)",
-             "https" if ssl_context is not None else "http", host, server.server_address[1],
-             "token required but for /healthz" if token else "no token: open to anyone who reaches the port")
-    return server
+    return registry

@@ -1,0 +1,156 @@
+"""Who is asking: people by a session cookie (local accounts, argon2id hashes, roles reader/admin), machines by the
+configured bearer token. The ASGI middleware here guards every path but /healthz, /login and /static.
+
+Pages answer an unauthenticated request with a redirect to /login, everything else with 401. With no token
+configured the machine endpoints (/api/*, /metrics) stay open, as they were before people could log in (the
+demo's setting; the node logs it at start). Sessions live in the store: logout and a password change end them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Awaitable, Callable, MutableMapping
+from urllib.parse import quote
+
+import anyio.to_thread
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.requests import HTTPConnection
+
+from node.store import Store
+
+SESSION_COOKIE = "ainode_session"
+LOGIN_CSRF_COOKIE = "ainode_login_csrf"
+OPEN_PATHS = ("/healthz", "/login")
+# paths for people: a browser without a session is sent to the login form
+PAGE_PREFIXES = ("/study/", "/admin")
+# fetched by the pages' scripts: without a session 401, not a redirect the script cannot follow
+PEOPLE_PREFIXES = ("/events", "/worklist/", "/logout")
+
+_hasher = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) parameters
+
+
+class Role(StrEnum):
+    READER = "reader"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role | None  # None: the machine token
+    csrf: str = ""  # the session's token for its form posts
+
+
+class AuthError(ValueError):
+    """A bad account request (unknown role, empty password); the message names the fix."""
+
+
+def hash_password(password: str) -> str:
+    if len(password) < 8:
+        raise AuthError("the password must have at least 8 characters")
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def parse_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise AuthError(f"unknown role {role!r}: use one of {', '.join(r.value for r in Role)}") from None
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_session(store: Store, username: str, hours: float, now: float) -> str:
+    """Open a session; returns the cookie's value (the store keeps only its digest)."""
+    token = secrets.token_urlsafe(32)
+    store.open_session(token_digest(token), username, secrets.token_urlsafe(24), now + hours * 3600)
+    return token
+
+
+def login(store: Store, username: str, password: str) -> bool:
+    """True when the account exists and the password is its own (the hash is checked either way: no timing hint)."""
+    user = store.user(username)
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        return False
+    return verify_password(user["password_hash"], password)
+
+
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(8))
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class AuthMiddleware:
+    """Sets ``scope["state"]["principal"]`` or answers 401 / a redirect to /login itself."""
+
+    def __init__(self, app: ASGIApp, open_store: Callable[[], Store], token: str | None) -> None:
+        self.app = app
+        self.open_store = open_store
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    def _principal(self, conn: HTTPConnection) -> Principal | None:
+        offered = (conn.headers.get("authorization") or "").strip().encode()
+        if self.expected is not None and offered and hmac.compare_digest(offered, self.expected):
+            return Principal("api-token", None)
+        cookie = conn.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            return None
+        store = self.open_store()
+        try:
+            session = store.session(token_digest(cookie))
+        finally:
+            store.close()
+        if session is None:
+            return None
+        return Principal(session["username"], Role(session["role"]), session["csrf"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in OPEN_PATHS or path.startswith("/static/"):
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        principal = await anyio.to_thread.run_sync(self._principal, conn)
+        page = path == "/" or path.startswith(PAGE_PREFIXES)
+        people = page or path.startswith(PEOPLE_PREFIXES)
+        person = principal is not None and principal.role is not None
+        if (people and person) or (not people and (principal is not None or self.expected is None)):
+            scope.setdefault("state", {})["principal"] = principal
+            await self.app(scope, receive, send)
+        elif page and principal is None:
+            target = path + ("?" + scope["query_string"].decode() if scope.get("query_string") else "")
+            await _answer(send, 303, b"", [(b"location", f"/login?next={quote(target, safe='')}".encode())])
+        else:
+            body = json.dumps({"error": "log in at /login (people), or send 'Authorization: Bearer <token>' "
+                                        "([security.http] token_file) for the machine endpoints"}).encode()
+            await _answer(send, 401, body, [(b"content-type", b"application/json"),
+                                            (b"www-authenticate", b'Bearer realm="dicom-ai-node"')])
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
