@@ -108,13 +108,13 @@ def test_demo_study_yields_findings(pipeline: Pipeline, demo: DemoCase) -> None:
     assert [f.class_probabilities for f in again.findings] == [f.class_probabilities for f in result.findings]
 
 
-# The shipped 0.2.0 bundle's probabilities for the demo study (seed 7), recorded with the code before fusion
-# strategies became config: loading it as "early"/"vector" must give the same model.
+# The shipped 0.3.0 bundle's probabilities for the demo study (seed 7), recorded when it was trained: the bundle and
+# the code that loads and runs it must keep giving the same model (a change here is a new version).
 SHIPPED_DEMO_PROBABILITIES = {
-    "with labs and notes": [[0.002355, 0.834299, 0.163346], [0.015193, 0.981656, 0.003151],
-                            [0.02787, 0.967166, 0.004963]],
-    "EHR unreachable": [[0.002003, 0.126727, 0.87127], [0.087826, 0.819081, 0.093092],
-                        [0.148984, 0.723201, 0.127815]],
+    "with labs and notes": [[0.394047, 0.590463, 0.01549], [0.352053, 0.628412, 0.019536],
+                            [0.71482, 0.281869, 0.003311]],
+    "EHR unreachable": [[0.743365, 0.201797, 0.054838], [0.716879, 0.213755, 0.069366],
+                        [0.911734, 0.078824, 0.009441]],
 }
 
 
@@ -174,10 +174,12 @@ def test_real_images_get_no_finding_and_the_result_says_why(mixed: tuple[list[Pa
     assert set(why) == {uid[name] for name in REAL}
     tibia = why[uid["RG3_UNCR.dcm"]]  # a real extremity CR passes the header checks: its pixels are what differ
     assert tibia.reason == "out-of-distribution"
-    match = re.fullmatch(r"feature distance ([\d.]+) > threshold ([\d.]+) \(the 99.5th percentile of held-out "
-                         r"synthetic images of the training cohort\)", tibia.detail)
+    match = re.fullmatch(r"feature distance ([\d.]+) > threshold ([\d.]+) \(the 99.5th percentile of the validation "
+                         r"images of datalist synthetic-bone-seed0\)", tibia.detail)
     assert match is not None, tibia.detail
-    assert float(match[1]) > 5 * float(match[2])
+    # well outside: the domain-randomised cohort brings the training images closer to real ones than the first
+    # cohort did (the README's distance table), but a real tibia is still far beyond every synthetic image
+    assert float(match[1]) > 1.4 * float(match[2])
     assert (why[uid["RG1_UNCR.dcm"]].reason, why[uid["RG1_UNCR.dcm"]].detail.split(" is ")[0]) == (
         "outside-intended-use", "Body Part Examined CHEST")
     assert why[uid["CT_small.dcm"]].detail == "Modality CT is not one of CR, DX"
@@ -219,8 +221,10 @@ def test_the_demo_images_are_in_distribution_and_real_radiographs_far_out(pipeli
 def test_the_threshold_is_documented_where_it_is_shipped(pipeline: Any) -> None:
     config = read_config(BUNDLES_DIR / NAME)
     o = config["ood"]
-    assert (o["quantile"], o["held_out"]["images"]) == (0.995, 1000)
-    assert o["fit"]["images"] == config["metrics"]["split"]["train_patients"] == o["held_out"]["patients"][0]
+    split = config["metrics"]["split"]
+    assert (o["quantile"], o["fit"]["split"], o["held_out"]["split"]) == (0.995, "training", "validation")
+    assert (o["fit"]["images"], o["held_out"]["images"]) == (split["train_images"], split["val_images"])
+    assert o["fit"]["datalist"] == o["held_out"]["datalist"] == config["training"]["datalist"]
     assert o["held_out"]["distance_median"] < o["threshold"] == pipeline.ood.threshold < o["held_out"]["distance_max"]
     assert o["command"].startswith("python -m pipelines.radiograph_lesion.ood_calibrate ")
     reference = pipeline.ood
