@@ -60,10 +60,12 @@ def uids(found: dict[str, list[Dataset]]) -> list[str]:
     return sorted(str(ds.SOPInstanceUID) for objects in found.values() for ds in objects)
 
 
-def one_of_each(found: dict[str, list[Dataset]], n_sc: int) -> None:
+def one_of_each(found: dict[str, list[Dataset]], n_sc: int, n_pr: int) -> None:
+    """One SR, and the SCs and presentation states of one run: one GSPS per group of images that share size,
+    rescale and polarity (the demo's two views may differ, e.g. MONOCHROME1 and MONOCHROME2)."""
     assert len(found["SR"]) == 1, f"{len(found['SR'])} SRs"
     assert len(found["SC"]) == n_sc, f"{len(found['SC'])} SCs, expected {n_sc}"
-    assert len(found["PR"]) == 1, f"{len(found['PR'])} presentation states"
+    assert len(found["PR"]) == n_pr, f"{len(found['PR'])} presentation states, expected {n_pr}"
     assert found["KO"] == [], "nothing was amended"
 
 
@@ -100,7 +102,8 @@ def test_orthanc_down_for_two_minutes_then_every_result_arrives_once(
         found = results_in_orthanc(pacs, case.study_instance_uid)
         written = node_results(db, case.study_instance_uid)
         assert uids(found) == sorted(written), "every object the node wrote arrived, and nothing else"
-        one_of_each(found, n_sc=sum(kind == "sc" for kind in written.values()))
+        one_of_each(found, n_sc=sum(kind == "sc" for kind in written.values()),
+                    n_pr=sum(kind == "gsps" for kind in written.values()))
     finally:
         node.stop()
         pacs.stop()
@@ -115,9 +118,11 @@ def test_the_same_study_processed_twice_leaves_one_sr_one_set_of_sc_and_one_gsps
             assert storescu(node.port, case.files).returncode == 0
             wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "the first results")
             first = results_in_orthanc(pacs, case.study_instance_uid)
-            n_sc = len(first["SC"])
+            n_sc, n_pr = len(first["SC"]), len(first["PR"])
             assert n_sc >= 1, "the demo study has findings"
-            one_of_each(first, n_sc)
+            written = node_results(node.workdir / "data" / "node.db", case.study_instance_uid)
+            assert n_pr == sum(kind == "gsps" for kind in written.values()) >= 1
+            one_of_each(first, n_sc, n_pr)
 
             # 1. the modality sends the study again: same inputs, nothing new
             assert storescu(node.port, case.files).returncode == 0
@@ -134,7 +139,7 @@ def test_the_same_study_processed_twice_leaves_one_sr_one_set_of_sc_and_one_gsps
             assert storescu(node.port, case.files).returncode == 0
             wait_for(lambda: node.study_status(case.study_instance_uid) == "sent", 120, "results of the rebuilt node")
             again = results_in_orthanc(pacs, case.study_instance_uid)
-            one_of_each(again, n_sc)
+            one_of_each(again, n_sc, n_pr)
             assert uids(again) == uids(first)
         finally:
             node.stop()
@@ -153,7 +158,7 @@ def test_a_stow_rs_destination_receives_the_same_objects_as_the_c_store_one(
             over_stow = results_in_orthanc(archive, case.study_instance_uid)
             written = node_results(node.workdir / "data" / "node.db", case.study_instance_uid)
             assert uids(over_stow) == uids(over_dimse) == sorted(written)
-            one_of_each(over_stow, n_sc=len(over_dimse["SC"]))
+            one_of_each(over_stow, n_sc=len(over_dimse["SC"]), n_pr=len(over_dimse["PR"]))
             by_uid = {str(ds.SOPInstanceUID): ds for objects in over_dimse.values() for ds in objects}
             for ds in (d for objects in over_stow.values() for d in objects):
                 other = by_uid[str(ds.SOPInstanceUID)]
@@ -208,10 +213,13 @@ def test_a_destination_that_rejects_sr_still_gets_the_sc_and_gsps(
                 assert storescu(node.port, case.files).returncode == 0
                 wait_for(lambda: node.study_status(case.study_instance_uid) in ("sent", "failed"), 120,
                          "deliveries settled")
+                written = node_results(node.workdir / "data" / "node.db", case.study_instance_uid)
+                n_sc = sum(kind == "sc" for kind in written.values())
+                n_pr = sum(kind == "gsps" for kind in written.values())
+                wait_for(lambda: len(list(received.iterdir())) >= n_sc + n_pr, 60, "every SC and GSPS received")
                 got = [dcmread(p) for p in received.iterdir()]
-                n_sc = len(results_in_orthanc(pacs, case.study_instance_uid)["SC"])
                 sc, gsps = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.11.1"
-                assert sorted(str(ds.SOPClassUID) for ds in got) == sorted([sc] * n_sc + [gsps]), \
+                assert sorted(str(ds.SOPClassUID) for ds in got) == sorted([sc] * n_sc + [gsps] * n_pr), \
                     "every SC and the GSPS, in spite of the SR refused"
                 assert {str(ds.file_meta.TransferSyntaxUID) for ds in got} == {"1.2.840.10008.1.2"}
                 dead = node.cli("outbox", "list", "--destination", "images")
