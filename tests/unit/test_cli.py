@@ -6,6 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from pipelines.registry import pipeline_version
 from node.cli import app
 
 runner = CliRunner()
@@ -30,7 +31,7 @@ def test_serve_refuses_an_unknown_pipeline(tmp_path: Path) -> None:
 def test_pipelines_lists_version_and_inputs() -> None:
     result = runner.invoke(app, ["pipelines", "list"])
     assert result.exit_code == 0
-    assert "radiograph-lesion 0.2.0" in result.output and "1988-5" in result.output
+    assert f"radiograph-lesion {pipeline_version('radiograph-lesion')}" in result.output and "1988-5" in result.output
     assert "intended use: body parts FEMUR, TIBIA, HUMERUS" in result.output and "0.05-0.5 mm" in result.output
 
 

@@ -139,7 +139,9 @@ def test_install_copies_under_the_metadata_name_and_refuses_to_shadow(tmp_path: 
     source = tmp_path / "src" / "any-folder-name"
     result = runner.invoke(app, ["pipelines", "install", str(source), "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert "installed site-bone 0.2.0 (radiograph-lesion)" in result.output and 'pipeline = "site-bone"' in result.output
+    shipped = pipeline_version("radiograph-lesion")
+    assert f"installed site-bone {shipped} (radiograph-lesion)" in result.output
+    assert 'pipeline = "site-bone"' in result.output
     assert (site / "site-bone" / bundle_layout.MODEL).is_file() and [p.name for p in site.iterdir()] == ["site-bone"]
     listed = json.loads(runner.invoke(app, ["pipelines", "list", "--json", "--config", str(config)]).output)
     assert [(r["name"], r["origin"]) for r in listed] == [("radiograph-lesion", "shipped"), ("site-bone", "site")]
