@@ -102,8 +102,11 @@ def _metric_lines(metrics: Mapping[str, Any]) -> list[str]:
         if isinstance(value, dict) and {"value", "ci_low", "ci_high"} <= set(value):
             confidence = 100 * float(value.get("confidence", 0.95))
             count = f", {value['k']}/{value['n']}" if "k" in value else (f", n {value['n']}" if "n" in value else "")
-            lines.append(f"  {prefix}: {value['value']} ({confidence:g}% CI {value['ci_low']} to "
-                         f"{value['ci_high']}{count})")
+            def fmt(x: Any) -> str:
+                return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+            lines.append(f"  {prefix}: {fmt(value['value'])} ({confidence:g}% CI {fmt(value['ci_low'])} to "
+                         f"{fmt(value['ci_high'])}{count})")
         elif isinstance(value, dict):
             for key in sorted(value):
                 walk(f"{prefix}.{key}" if prefix else str(key), value[key])
@@ -144,11 +147,18 @@ def show_bundle(name: str, config: Path = ConfigOption, bundles_dir: Path = Bund
     typer.echo(f"detection threshold: {inference.get('detection_threshold')} (configs/inference.json); input "
                f"{inference.get('input_size')} pixels a side")
     typer.echo(f"data source: {meta.get('data_source', '')}")
-    lines = _metric_lines(meta.get("metrics", {}))
-    typer.echo("metrics with confidence intervals:" if lines else
-               "metrics: none with a confidence interval stored in configs/metadata.json \"metrics\"")
+    metrics = dict(meta.get("metrics", {}))
+    evaluation = metrics.pop("evaluation", None)
+    lines = _metric_lines(metrics)
+    typer.echo("validation figures with confidence intervals:" if lines else
+               "validation figures: none with a confidence interval stored in configs/metadata.json \"metrics\"")
     for line in lines:
         typer.echo(line)
+    if evaluation:  # what `dicom-ai-node evaluate --record` stored: text with the intervals
+        typer.echo(f"evaluation on the {evaluation['split']!r} list of datalist {evaluation['datalist']!r} "
+                   f"({evaluation['n_patients']} patients, {evaluation['n_resamples']} patient resamples):")
+        for figure, value in evaluation["rows"]:
+            typer.echo(f"  {figure}: {value}")
     typer.echo(f"model card: {bundle.path / CARD}")
 
 

@@ -52,8 +52,19 @@ def test_the_shipped_bundle_is_in_monais_layout_and_its_config_round_trips(tmp_p
     assert set(inference) == {"input_size", "detection_threshold", "detector", "fusion", "ood"}
     assert inference["ood"]["file"] == "models/ood.npz" and (SHIPPED / inference["ood"]["file"]).is_file()
     # every reported metric carries its interval
-    for name, entry in metadata["metrics"]["confidence_intervals"].items():
+    def figures(prefix: str, value: object) -> list[tuple[str, dict]]:  # type: ignore[type-arg]
+        if isinstance(value, dict) and "value" in value:
+            return [(prefix, value)]
+        if isinstance(value, dict):
+            return [f for k, v in value.items() for f in figures(f"{prefix}.{k}", v)]
+        return []
+
+    stored = figures("metrics", {k: v for k, v in metadata["metrics"].items() if k != "evaluation"})
+    assert stored
+    for name, entry in stored:
         assert entry["ci_low"] <= entry["value"] <= entry["ci_high"], name
+    assert all("95% CI" in value or value.startswith(("< 0.", "0.")) and "DeLong" in figure
+               for figure, value in metadata["metrics"]["evaluation"]["rows"])
     # the merged config (what training writes and loading reads) splits into exactly these two files and back
     config = read_config(SHIPPED)
     assert config["intended_use"]["modalities"] == ["CR", "DX"]
@@ -187,7 +198,9 @@ def test_show_gives_intended_use_inputs_classes_metrics_with_intervals_and_the_c
     assert result.exit_code == 0, result.output
     assert "NOT for clinical use" in result.output and "LOINC 1988-5 [mg/L]" in result.output
     assert 'malignant = (86049000, SCT, "Malignant neoplasm, primary")' in result.output
-    assert "classification.accuracy: 0.9576 (95% CI 0.915 to 0.9793, 158/165)" in result.output
+    assert "classification.all_inputs.macro_auc: 0.850 (95% CI 0.805 to 0.894, n 273)" in result.output
+    assert "  macro AUC, all: 0.880 (95% CI 0.841 to 0.915)" in result.output
+    assert "evaluation on the 'test' list of datalist 'synthetic-bone-seed0' (200 patients" in result.output
     assert f"model card: {SHIPPED / 'docs' / 'README.md'}" in result.output
     assert runner.invoke(app, ["pipelines", "show", "nope"]).exit_code == 2
 
