@@ -85,20 +85,26 @@ class Assembler:
         return expected
 
     def complete(self, study_uid: str, reason: str, now: float | None = None, reprocess: str | None = None) -> bool:
-        instances = self.store.study_instances(study_uid)
         routes = self.settings.routes
-        plans = [
-            JobPlan(
-                pipeline=name, version=self.version_of(name),
-                inputs=tuple(str(r["sop_instance_uid"]) for r in instances_for(name, instances, routes)),
-                force=reprocess in ("*", name),
-            )
-            for name in pipelines_for(instances, routes)
-        ]
-        done = self.store.complete_study(study_uid, reason, plans, now)
+        seen: list[tuple[int, list[str]]] = []
+
+        def plan(instances: list[dict[str, Any]]) -> list[JobPlan]:
+            # Called inside the store's completion transaction: an instance indexed meanwhile waits for it, and
+            # is either in these plans or re-opens the study afterwards; it is never left out of a run.
+            names = pipelines_for(instances, routes)
+            seen.append((len(instances), names))
+            return [
+                JobPlan(
+                    pipeline=name, version=self.version_of(name),
+                    inputs=tuple(str(r["sop_instance_uid"]) for r in instances_for(name, instances, routes)),
+                    force=reprocess in ("*", name),
+                )
+                for name in names
+            ]
+
+        done = self.store.complete_study(study_uid, reason, plan, now)
         if done:
-            log.info(
-                "study %s complete (%s): %d instance(s), pipelines: %s",
-                uid_digest(study_uid), reason, len(instances), ", ".join(p.pipeline for p in plans) or "none",
-            )
+            count, names = seen[-1]
+            log.info("study %s complete (%s): %d instance(s), pipelines: %s",
+                     uid_digest(study_uid), reason, count, ", ".join(names) or "none")
         return done

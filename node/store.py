@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import sqlite_utils
 
@@ -430,18 +430,23 @@ class Store:
                 [expected, now, study_uid],
             )
 
-    def complete_study(self, study_uid: str, reason: str, plans: Sequence[JobPlan],
+    def complete_study(self, study_uid: str, reason: str,
+                       plans: Sequence[JobPlan] | Callable[[list[dict[str, Any]]], Sequence[JobPlan]],
                        now: float | None = None) -> bool:
         """Mark a receiving study complete and (re-)queue the jobs whose inputs changed, in one transaction.
 
         A job is queued when it is new, when its inputs differ from the ones it last ran on, or when forced
-        (reprocess). Returns False if the study was not receiving (another thread completed it first).
+        (reprocess). ``plans`` may be a function of the study's instances: it is then called inside the
+        transaction, so an instance indexed while the plans are made cannot be left out of them (the assembler
+        does this). Returns False if the study was not receiving (another thread completed it first).
         """
         now = time.time() if now is None else now
         with self.transaction():
             row = self.db.execute("SELECT state FROM studies WHERE study_uid = ?", [study_uid]).fetchone()
             if row is None or row[0] != StudyState.RECEIVING:
                 return False
+            if callable(plans):
+                plans = plans(self.study_instances(study_uid))
             queued = [plan.pipeline for plan in plans if self._plan_job(study_uid, plan, now)]
             columns = dict(completed_at=now, completed_reason=reason, complete_now=None, reprocess=None)
             if not plans:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from node.assembler import Assembler
@@ -116,3 +117,34 @@ def test_pacs_count_of_only_our_own_results_means_unknown(tmp_path: Path) -> Non
     assert assembler.tick(now=100.5) == []
     assert store.study("1.2.3")["expected_count"] is None  # type: ignore[index]
     assert assembler.tick(now=102.5) == ["1.2.3"]
+
+
+def test_an_instance_indexed_while_the_study_completes_is_never_left_out_of_its_run(tmp_path: Path) -> None:
+    """The race CI found: the study's instances were read, then one more was indexed (the study still receiving,
+    so nothing re-opened it), then the study completed with plans that lacked it. Planning now happens inside
+    the completion transaction: the late writer waits, and then either is in the plans or re-opens the study."""
+    import threading
+
+    store = Store(tmp_path / "db")
+    other = Store(tmp_path / "db")  # the listener's connection
+    store.index_instance(inst("1.1"), now=100.0)
+    writer: list[threading.Thread] = []
+
+    def version_of(name: str) -> str:  # called while the plans are made
+        if not writer:
+            writer.append(threading.Thread(target=lambda: other.index_instance(inst("1.2"))))
+            writer[0].start()
+            writer[0].join(0.5)  # it gets in now if nothing holds the lock (the old order); else it waits
+        return "1.0"
+
+    assembler = Assembler(store, settings(tmp_path, assembly={"quiet_seconds": 10.0}), version_of)
+    assert assembler.complete("1.2.3", "no new instance for 10 s")
+    writer[0].join(30)
+    study = store.study("1.2.3")
+    job = store.jobs("1.2.3")[0]
+    assert study is not None
+    covered = "1.2" in json.loads(job["inputs"])
+    reopened = study["state"] == "receiving" and int(study["reopen_count"]) == 1
+    assert covered or reopened, f"instance 1.2 neither planned nor re-opening: {study['state']}, {job['inputs']}"
+    store.close()
+    other.close()
