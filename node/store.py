@@ -450,8 +450,9 @@ class Store:
             queued = [plan.pipeline for plan in plans if self._plan_job(study_uid, plan, now)]
             columns = dict(completed_at=now, completed_reason=reason, complete_now=None, reprocess=None)
             if not plans:
-                self._study_to(study_uid, StudyState.NO_PIPELINE, now, "no routing rule matched", **columns)
-                self._event("no-pipeline", study_uid, detail="no routing rule matched")
+                why = f"no routing rule matched {self._received_kinds(study_uid)}"
+                self._study_to(study_uid, StudyState.NO_PIPELINE, now, why, **columns)
+                self._event("no-pipeline", study_uid, detail=why)
             elif queued:
                 self._study_to(study_uid, StudyState.PROCESSING, now, f"processing: {', '.join(queued)}", **columns)
             else:
@@ -460,6 +461,15 @@ class Store:
                 self._settle_study(study_uid, now, why="complete again; no pipeline's inputs changed, nothing re-run")
             self._event("study-complete", study_uid, detail=f"{reason}; queued: {', '.join(queued) or 'none'}")
         return True
+
+    def _received_kinds(self, study_uid: str) -> str:
+        """What a study's routed-to-nobody images are, for its status: "(CT HEAD: 1 instance)". Modality and Body
+        Part Examined only, never identifiers; an absent body part reads "no body part"."""
+        rows = self.db.execute(
+            "SELECT modality, body_part, COUNT(*) FROM instances WHERE study_uid = ? AND role = 'source' "
+            "GROUP BY modality, body_part ORDER BY COUNT(*) DESC LIMIT 4", [study_uid]).fetchall()
+        kinds = [f"{m or 'no modality'} {b or 'no body part'}: {n} instance{'s' if n != 1 else ''}" for m, b, n in rows]
+        return f"({'; '.join(kinds)})" if kinds else "(no images)"
 
     def _plan_job(self, study_uid: str, plan: JobPlan, now: float) -> bool:
         job_id = f"{study_uid}/{plan.pipeline}"

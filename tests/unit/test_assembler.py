@@ -66,7 +66,10 @@ def test_unrouted_study_is_recorded_as_no_pipeline(tmp_path: Path) -> None:
     store, assembler, _ = make(tmp_path, count=None, quiet=1.0)
     store.index_instance(inst("1.1", modality="MR", routed=()), now=100.0)
     assert assembler.tick(now=102.0) == ["1.2.3"]
-    assert store.study("1.2.3")["state"] == "no-pipeline"  # type: ignore[index]
+    study = store.study("1.2.3")
+    assert study is not None and study["state"] == "no-pipeline"
+    # the status says what came in, so imaging IT sees why nothing ran (no identifiers: modality and body part)
+    assert study["state_reason"] == "no routing rule matched (MR FEMUR: 1 instance)"
     assert store.jobs("1.2.3") == []
 
 
