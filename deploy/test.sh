@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash deploy/setup.sh
 export HF_HUB_OFFLINE=1 TCP_NODELAY=1
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q -ra "$@"
+exec .venv/bin/python -m pytest -q -ra --durations=30 "$@"
