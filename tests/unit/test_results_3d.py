@@ -13,7 +13,8 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-from test_results_common import assert_valid
+from pydicom.data import get_testdata_file
+from test_results_common import LATERALITY_UNKNOWN, assert_valid
 
 from devtools.synthetic.chest_ct import SMALL_GRID, ChestCase, generate_case
 from devtools.synthetic.chest_ct_io import case_datasets
@@ -231,3 +232,47 @@ def test_gsps_outlines_each_nodule_on_the_slices_it_spans(ct: CtCase, tmp_path: 
                 pytest.approx((finding.box.x0, finding.box.y0), abs=1e-3),
                 pytest.approx((finding.box.x1, finding.box.y1), abs=1e-3))
     assert spanned > len(ct.result.findings)  # the nodules span more slices than their centre slices
+
+
+def test_real_signed_ct_slice_without_a_window(tmp_path: Path) -> None:
+    # pydicom-data's CT_small.dcm: a real CT slice, signed 16-bit, Rescale Intercept -1024, no window of its own
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None, "pydicom-data (a test dependency: deploy/setup.sh installs it) lacks CT_small.dcm"
+    source = dcmread(path)
+    assert source.PixelRepresentation == 1 and "WindowCenter" not in source
+    x, y, z = (float(v) for v in source.ImagePositionPatient)
+    spacing = float(source.PixelSpacing[0])  # square pixels
+    uid = generate_uid
+    pixel_box = PixelBox(20, 30, 44, 40)
+    box = PatientBox(str(source.FrameOfReferenceUID), x + 20 * spacing, y + 30 * spacing, z - 4.0,
+                     x + 44 * spacing, y + 40 * spacing, z + 2.0)
+    finding = Finding(
+        tracking_uid=uid(), tracking_id="nodule 1", class_code=IAC, probability=0.74,
+        class_probabilities={IAC.meaning: 0.74}, detection_score=0.93, sop_instance_uid=str(source.SOPInstanceUID),
+        sop_class_uid=str(source.SOPClassUID), frame_number=1, box=pixel_box, inputs_used=("image",),
+        inputs_missing=(), volume_box=box,
+    )
+    result = PipelineResult(PIPELINE, VERSION, (finding,), (str(source.SOPInstanceUID),), 0.3, (), "ok", "cpu")
+    sr = build_sr(result, [source], series_instance_uid=uid(), sop_instance_uid=uid(), series_number=9001,
+                  manufacturer="dicom-ai-node", software_version="0.1.0")
+    (sc,) = build_overlays(result, [source], series_instance_uid=uid(), series_number=9002,
+                           sop_uid_for=lambda key: uid(), manufacturer="dicom-ai-node", software_version="0.1.0")
+    (state,) = build_presentation_states(result, [source], series_instance_uid=uid(), series_number=9003,
+                                         sop_uid_for=lambda key: uid(), manufacturer="dicom-ai-node",
+                                         software_version="0.1.0")
+    # the source's own flaws (Patient's Weight 0, no body part) are all dciodvfy warns about
+    inherited = ("Value is zero for value 1 of attribute <Patient's Weight>", LATERALITY_UNKNOWN)
+    for name, ds in (("sr", sr), ("sc", sc), ("gsps", state)):
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        assert_valid(tmp_path / f"{name}.dcm", PRIVATE_SCHEME_WARNING, *inherited)
+    (found,) = read_findings(hd.sr.srread(tmp_path / "sr.dcm")).findings
+    assert found.volume_box is not None and found.volume_box.frame_of_reference_uid == box.frame_of_reference_uid
+    corners = (box.x0, box.y0, box.z0, box.x1, box.y1, box.z1)
+    got = found.volume_box
+    assert (got.x0, got.y0, got.z0, got.x1, got.y1, got.z1) == pytest.approx(corners, abs=1e-3)
+    assert found.long_axis_mm == pytest.approx(24 * spacing, abs=1e-3)
+    # signed values through the rescale to the default window: the full grey range, the box burned in
+    grey = display_frame(source)
+    assert grey.min() == 0 and grey.max() == 255
+    edge = dcmread(tmp_path / "sc.dcm").pixel_array[31:40, 20].astype(int)
+    assert (edge[:, 0] > 200).all() and (edge[:, 1] > 180).all() and (edge[:, 2] < 60).all()
