@@ -34,6 +34,9 @@ PROBABILITY = codes.DCM.Probability  # (122157, DCM, "Probability")
 DETECTION_SCORE = codes.DCM.CertaintyOfFinding  # (111012, DCM, "Certainty of Finding")
 # Both are dimensionless in [0, 1]: UCUM "1" (CID 7181 "no units"); "{probability}" is not in CID 7181.
 UNITLESS = codes.UCUM.NoUnits
+# 3D findings: the long-axis diameter of the nodule on the axial plane (CID 7470 "Linear Measurements"), in mm.
+LONG_AXIS = codes.SCT.LongAxis  # (103339001, SCT, "Long axis")
+MILLIMETRE = codes.UCUM.Millimeter  # (mm, UCUM, "mm")
 # The score cut-off below which the detector reported nothing.
 DETECTION_THRESHOLD = codes.DCM.ThresholdValue  # (122411, DCM, "Threshold Value")
 # Study-level "was a lesion found" statement: Presence of property = Present / Absent.

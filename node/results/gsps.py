@@ -12,6 +12,10 @@ findings get it too). A radiologist who opens the AI's presentation state should
 covers, never an empty layer that could mean "not analysed" or "not loaded". Images left out of the analysis are not
 covered; the SR names them. Every image also carries "AI result - not for diagnostic use", as the overlays do.
 
+A 3D finding (``volume_box``) is outlined on every slice of its series that its box spans, not only on the slice
+through its centre that the SR and the overlay show: a reader scrolling through the nodule sees it on each of its
+slices, and none of them says "no lesion found".
+
 One GSPS per run, unless the analysed images cannot share one: highdicom's GSPS takes one displayed area, one
 Modality LUT and one Presentation LUT for all its images, so images that differ in size, rescale or polarity (or a
 multi-frame image) get a GSPS each, keyed by their first SOP Instance UID. UIDs come from the caller; no I/O.
@@ -20,6 +24,7 @@ multi-frame image) get a GSPS each, keyed by their first SOP Instance UID. UIDs 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import highdicom as hd
@@ -30,6 +35,7 @@ from node.results import coding
 from node.results.anatomy import series_anatomy
 from node.results.equipment import algorithm_equipment
 from node.results.sc import BANNER_TEXT, label
+from node.results.slices import box_on_slice
 from node.results.source_attrs import sanitized
 from node.results.voi import softcopy_voi
 from pipelines.base import Finding, PipelineResult
@@ -81,6 +87,10 @@ def build_presentation_states(
     findings: dict[str, list[Finding]] = defaultdict(list)
     for f in result.findings:
         findings[f.sop_instance_uid].append(f)
+        spanned_slices = _on_spanned_slices(f, [by_uid[u] for u in analysed if u != f.sop_instance_uid],
+                                              str(by_uid[f.sop_instance_uid].get("SeriesInstanceUID", "")))
+        for spanned in spanned_slices:
+            findings[spanned.sop_instance_uid].append(spanned)
 
     groups: dict[tuple[object, ...], list[Dataset]] = defaultdict(list)
     for uid in analysed:
@@ -128,6 +138,21 @@ def build_presentation_states(
         series_anatomy(state, headers)  # General Series' Laterality (2C), which highdicom leaves out
         states.append(state)
     return states
+
+
+def _on_spanned_slices(finding: Finding, others: Sequence[Dataset], series_uid: str) -> list[Finding]:
+    """A 3D finding on the other slices of its series that its box spans, each with the box's cross-section there
+    (``slices.box_on_slice``); nothing for a 2D finding."""
+    if finding.volume_box is None:
+        return []
+    out: list[Finding] = []
+    for header in others:
+        if str(header.get("SeriesInstanceUID", "")) != series_uid:
+            continue
+        box = box_on_slice(finding.volume_box, header)
+        if box is not None and box.x1 > box.x0 and box.y1 > box.y0:
+            out.append(replace(finding, sop_instance_uid=str(header.SOPInstanceUID), frame_number=1, box=box))
+    return out
 
 
 def _shared_presentation(image: Dataset) -> tuple[object, ...]:

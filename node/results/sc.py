@@ -4,6 +4,8 @@ Pixels are windowed to 8 bit through highdicom's pixel transforms (the source's 
 robust default of ``voi``; MONOCHROME1 inverted), boxes/labels and a "not for diagnostic use" banner are drawn with
 PIL, and the object is a ``highdicom.sc.SCImage`` that inherits only the source's valid attributes (``source_attrs``).
 UIDs come from the caller; nothing here does I/O except ``overlay_png``.
+A 3D finding's overlay is the CT slice its image region is on (the slice through its centre), windowed by the
+slice's own window like any image, with the Patient Orientation its Image Orientation (Patient) implies.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from node.results import coding
 from node.results.anatomy import series_anatomy
 from node.results.equipment import algorithm_equipment
+from node.results.slices import patient_orientation
 from node.results.source_attrs import sanitized
 from node.results.voi import has_own_voi, robust_window
 from pipelines.base import Finding, PipelineResult
@@ -168,6 +171,9 @@ def _sc_image(
 ) -> hd.sc.SCImage:
     header = sanitized(source)  # an invalid Laterality ("B"), orientation or spacing arrives here empty or absent
     orientation = tuple(str(v) for v in header.get("PatientOrientation", []) or [])
+    if len(orientation) != 2:
+        # CT and MR slices state Image Orientation (Patient) instead (the SC has the slice's rows and columns)
+        orientation = patient_orientation(header) or orientation
     spacing = header.get("PixelSpacing")
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,  # patient and study modules: the SC lands in the original study

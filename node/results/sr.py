@@ -4,7 +4,8 @@ Everything is built with highdicom's template and content item classes; this mod
 It does not pick UIDs (the caller passes deterministic ones from ``uids``), touch the network, or render pixels
 (that is ``sc``). The layout is one SR viewers draw and track (OHIF 3 among them, tests/viewer): TID 1410 groups with
 the box for each finding, and every study-level statement in the report-level Qualitative Evaluations container,
-never in a group without a region.
+never in a group without a region. A 3D finding adds, after its TID 1410 groups on the slice through its centre, a
+TID 1411 group with its box in patient coordinates and its long axis in mm (``sr3d``).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from node.results import coding
+from node.results import coding, sr3d
 from node.results.anatomy import finding_site, side_of
 from node.results.equipment import algorithm_equipment
 from node.results.source_attrs import sanitized
 from node.results.uids import device_uid
-from pipelines.base import CodedClass, ExcludedInstance, Finding, PipelineResult
+from pipelines.base import CodedClass, ExcludedInstance, Finding, PatientBox, PipelineResult
 
 _CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 _HAS_CONCEPT_MOD = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
@@ -35,7 +36,7 @@ _INFERRED_FROM = hd.sr.RelationshipTypeValues.INFERRED_FROM
 
 @dataclass(frozen=True)
 class FindingSummary:
-    """One TID 1410 group of our SR as read back."""
+    """One finding of our SR as read back: its TID 1410 groups (and, for a 3D finding, its TID 1411 group)."""
 
     tracking_id: str
     tracking_uid: str
@@ -52,6 +53,9 @@ class FindingSummary:
     inputs_missing: tuple[str, ...]
     finding_site: CodedClass | None = None  # TID 1410 Finding Site, e.g. (816094009, SCT, "Chest")
     laterality: str = ""  # of the finding site: "R", "L" or "" (not stated)
+    # 3D findings only: the box in patient coordinates (from the TID 1411 ELLIPSOID) and the long axis (mm)
+    volume_box: PatientBox | None = None
+    long_axis_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,8 @@ def build_sr(
     report = _measurement_report(
         hd.sr.ObservationContext(observer_device_context=observer),
         [group for f in result.findings
-         for group in _finding_groups(f, algorithm, finding_site(by_uid[f.sop_instance_uid], anatomy))],
+         for group in _finding_groups(f, algorithm, finding_site(by_uid[f.sop_instance_uid], anatomy),
+                                      by_uid[f.sop_instance_uid])],
         _study_evaluations(result, by_uid, algorithm),
     )
     return hd.sr.Comprehensive3DSR(
@@ -172,11 +177,17 @@ def _input_evaluations(name: Code, tokens: Sequence[str]) -> list[hd.sr.Qualitat
     return [hd.sr.QualitativeEvaluation(name=name, value=coding.input_code(t)) for t in tokens]
 
 
+_Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+
+
 def _finding_groups(
-    finding: Finding, algorithm: hd.sr.AlgorithmIdentification, site: hd.sr.FindingSite | None
-) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    finding: Finding, algorithm: hd.sr.AlgorithmIdentification, site: hd.sr.FindingSite | None, source: Dataset
+) -> list[_Group]:
     """Two TID 1410 groups about one finding, the same box and Tracking Unique Identifier in both: what was found
-    (class, inputs), then the numbers (probability, detector score).
+    (class, inputs), then the numbers (probability, detector score; for a 3D finding also its long axis in mm).
+    A 3D finding (``volume_box``) gets a third group with the same Tracking Unique Identifier, after them: TID 1411
+    with its box in patient coordinates (``sr3d``). The 2D groups stay first: OHIF 3 merges a finding's groups and
+    draws the first region it meets, which must be the one on the slice through the centre.
 
     One group would say it all, but OHIF 3 could then show the finding and not track it: its measurement tracking
     (the cornerstone SR adapters) reads the geometry of a group that has NUMs from under its first NUM, where TID
@@ -216,6 +227,19 @@ def _finding_groups(
         relationship_type=_HAS_CONCEPT_MOD,
     )])
     tracking = hd.sr.TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id)
+    numbers = [
+        probability,
+        hd.sr.Measurement(
+            name=coding.DETECTION_SCORE,
+            value=_unit_interval("detection_score", finding.detection_score),
+            unit=coding.UNITLESS,
+        ),
+    ]
+    volume: list[_Group] = []
+    if finding.volume_box is not None:
+        # On the planar group: the long axis is measured on the axial plane through the centre (sr3d.long_axis_mm).
+        numbers.append(sr3d.long_axis_measurement(finding))
+        volume.append(sr3d.volume_group(finding, source, algorithm, site))
     return [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
@@ -234,21 +258,15 @@ def _finding_groups(
             referenced_region=region,
             finding_type=coding.FINDING_TYPE,
             algorithm_id=algorithm,
-            measurements=[
-                probability,
-                hd.sr.Measurement(
-                    name=coding.DETECTION_SCORE,
-                    value=_unit_interval("detection_score", finding.detection_score),
-                    unit=coding.UNITLESS,
-                ),
-            ],
+            measurements=numbers,
         ),
+        *volume,
     ]
 
 
 def _measurement_report(
     observation_context: hd.sr.ObservationContext,
-    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    groups: Sequence[_Group],
     evaluations: Sequence[hd.sr.QualitativeEvaluation],
 ) -> hd.sr.MeasurementReport:
     """TID 1500 with Imaging Measurements (row 6) when there are findings and Qualitative Evaluations (row 10) always.
@@ -409,7 +427,10 @@ def _region(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> tupl
     return str(source.referenced_sop_instance_uid), frames[0] if frames else 1, box
 
 
-def _read_finding(groups: _Groups) -> FindingSummary:
+def _read_finding(
+    groups: _Groups, volumes: Sequence[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = ()
+) -> FindingSummary:
+    """One finding from its TID 1410 groups and, for a 3D finding, its TID 1411 group."""
     first = groups[0]
     regions = {_region(g) for g in groups}
     if len(regions) != 1:
@@ -437,6 +458,9 @@ def _read_finding(groups: _Groups) -> FindingSummary:
         inputs_missing=_tokens(groups, coding.INPUT_UNAVAILABLE),
         finding_site=CodedClass(site.value, site.scheme_designator, site.meaning) if site is not None else None,
         laterality=side_of(side),
+        volume_box=sr3d.read_volume_box(volumes[0]) if volumes else None,
+        long_axis_mm=sr3d.read_long_axis([m for g in groups for m in g.get_measurements()],
+                                         f"finding {first.tracking_identifier!r}"),
     )
 
 
@@ -444,7 +468,16 @@ def _read_findings(report: hd.sr.MeasurementReport) -> tuple[FindingSummary, ...
     by_finding: dict[str, list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]] = {}
     for group in report.get_planar_roi_measurement_groups():
         by_finding.setdefault(str(group.tracking_uid), []).append(group)
-    return tuple(_read_finding(groups) for groups in by_finding.values())
+    volumes: dict[str, list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]] = {}
+    for volume in report.get_volumetric_roi_measurement_groups():
+        volumes.setdefault(str(volume.tracking_uid), []).append(volume)
+    orphans = sorted(set(volumes) - set(by_finding))
+    if orphans:
+        raise ValueError(f"volumetric groups without a region on an image (Tracking Unique Identifier {orphans})")
+    several = sorted(uid for uid, found in volumes.items() if len(found) > 1)
+    if several:
+        raise ValueError(f"findings with more than one volumetric group: {several}")
+    return tuple(_read_finding(groups, volumes.get(uid, ())) for uid, groups in by_finding.items())
 
 
 def _read_not_analysed(statements: Dataset) -> tuple[ExcludedInstance, ...]:
