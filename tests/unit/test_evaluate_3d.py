@@ -127,7 +127,14 @@ def test_false_positives_move_the_froc_points_as_computed_by_hand(bundle_dir: Pa
     empty = next(it.patient_id for it in cohort.split("test") if not it.labels.size)
     fps = {it.patient_id: [0.2] for it in cohort.split("test")}
     fps[empty] = [0.9, 0.2]
-    detection = _evaluate(bundle_dir, cohort, FakeInference(cohort, hit_score=0.5, false_positives=fps)).report.detection
+    fake = FakeInference(cohort, hit_score=0.5, false_positives=fps)
+    # An ablation bundle trained on images alone gets the image row's inputs (the stand-in answers alike for both).
+    report = evaluate_bundle(bundle_dir, cohort, "test", CONFIG, {"image": bundle_dir}, volume_inference=fake).report
+    rows = {m.name: m for m in report.models}
+    assert rows["image (as trained)"].macro_auc.value == rows["image"].macro_auc.value
+    assert {w for *_, w, _ in fake.given} == {frozenset({"labs", "notes"}), frozenset({"notes"}), frozenset({"labs"}),
+                                               frozenset()}
+    detection = report.detection
     assert [e.value for e in detection.sensitivity] == [0.0, 1, 1, 1, 1, 1, 1]  # 1/8 FP/scan < 1/7: nothing found
     assert detection.mean_sensitivity.value == pytest.approx(6 / 7)
     assert detection.froc.false_positives_per_image == pytest.approx((0.0, 1 / 7, 8 / 7))
@@ -181,8 +188,7 @@ def test_oracle_auc_equals_sklearn_and_every_interval_is_ordered(perfect: tuple[
         case = cases[patient]  # born on 1 July of (study year - age_years): a year younger until then
         assert (age, sex) == (case.age_years - (case.study_date[4:] < "0701"), case.sex)
         assert set(clinical.labs) <= {lab.loinc for lab in LAB_MODELS}
-    assert {w for *_, w, _ in fake.given} == {frozenset({"labs", "notes"}), frozenset({"notes"}), frozenset({"labs"}),
-                                               frozenset()}
+    assert sum(w == frozenset() for *_, w, _ in fake.given) == len(items)  # the "all" row: one call per scan
 
 
 def test_a_2d_datalist_for_a_3d_bundle_is_refused_with_the_fix(bundle_dir: Path, cohort: Datalist) -> None:
