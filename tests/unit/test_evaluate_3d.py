@@ -135,6 +135,7 @@ def test_false_positives_move_the_froc_points_as_computed_by_hand(bundle_dir: Pa
     assert {w for *_, w, _ in fake.given} == {frozenset({"labs", "notes"}), frozenset({"notes"}), frozenset({"labs"}),
                                                frozenset()}
     detection = report.detection
+    assert detection is not None
     assert [e.value for e in detection.sensitivity] == [0.0, 1, 1, 1, 1, 1, 1]  # 1/8 FP/scan < 1/7: nothing found
     assert detection.mean_sensitivity.value == pytest.approx(6 / 7)
     assert detection.froc.false_positives_per_image == pytest.approx((0.0, 1 / 7, 8 / 7))
