@@ -64,8 +64,11 @@ def headline_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if detection:
         iou = detection["iou_threshold"]
         rows.append((f"detection mAP@{iou:g}", _text(detection["map"])))
-        rows += [(f"sensitivity at {rate:g} FP/image", _text(figure))
+        unit = detection.get("unit", "image")
+        rows += [(f"sensitivity at {rate:g} FP/{unit}", _text(figure))
                  for rate, figure in zip(detection["froc"]["fp_per_image"], detection["froc"]["sensitivity"])]
+        if unit == "scan":  # LUNA16's CPM is the CT figure; the 2D rows stay as the shipped cards recorded them
+            rows.append(("CPM (mean of those sensitivities)", _text(detection["froc"]["mean_sensitivity"])))
     classification = data.get("classification")
     if classification:
         for name, stored in classification["sets"].items():
@@ -110,9 +113,10 @@ def evaluate_command(
                                                        "bundle's configs/metadata.json \"metrics\" and re-render its "
                                                        "model card (docs/README.md)."),
 ) -> None:
-    """Evaluate a bundle on a datalist split: detection mAP@0.5 and FROC; per-class and macro AUC, F1, precision,
-    recall, accuracy and ECE for fusion, each input ablation and the oracle; DeLong test of fusion vs image only;
-    every figure with its patient-level bootstrap 95% CI. Writes report.json, report.md and PNG plots."""
+    """Evaluate a bundle on a datalist split: detection mAP@0.5 and FROC (3D bundles: mAP@0.1, FROC by LUNA16's
+    centre criterion and its CPM); per-class and macro AUC, F1, precision, recall, accuracy and ECE for fusion, each
+    input ablation and the oracle; DeLong test of fusion vs image only; every figure with its patient-level bootstrap
+    95% CI. Writes report.json, report.md and PNG plots."""
     import json
 
     from node.cli import setup_logging
@@ -160,7 +164,10 @@ def evaluate_command(
         if data["provenance"]["resamples_below_minimum"]:
             raise _fail(f"--record needs intervals from {MIN_RESAMPLES} or more resamples; run again without "
                         "--allow-few-resamples")
-        from pipelines.radiograph_lesion.card import record_evaluation
+        from pipelines.evaluation.record import RecordError, record_evaluation
 
-        record_evaluation(bundle_dir, data, headline_rows(data))
+        try:
+            record_evaluation(bundle_dir, data, headline_rows(data))
+        except RecordError as exc:
+            raise _fail(str(exc)) from None
         console.print(f"recorded the headline figures in {bundle_dir}'s metadata and model card")

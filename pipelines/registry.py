@@ -118,6 +118,13 @@ def implementation_class(implementation: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+def implementation_module(implementation: str, part: str) -> Any:
+    """The module ``part`` ("card", "inference") of the package whose class runs bundles of ``implementation``;
+    KeyError when no package implements it."""
+    package = IMPLEMENTATIONS[implementation].partition(":")[0].rpartition(".")[0]
+    return importlib.import_module(f"{package}.{part}")
+
+
 @lru_cache(maxsize=None)
 def _load(implementation: str, path: Path, device: str, stamp: int) -> Pipeline:
     # ``stamp`` (the metadata's mtime) makes a bundle replaced in place load afresh rather than from the cache.

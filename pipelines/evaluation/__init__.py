@@ -2,8 +2,9 @@
 
 Computes from plain arrays (no model, no DICOM) what ``dicom-ai-node evaluate`` reports: lesion classification
 (one-vs-rest and macro AUC, accuracy, precision, recall, F1, ECE) for named prediction sets (ablation rows) and the
-oracle, paired AUC comparisons, and detection mAP@IoU and FROC. Each module's docstring names its statistics and
-their references. Typical use::
+oracle, paired AUC comparisons, and detection mAP@IoU and FROC, on 2D images or 3D scans (FROC hits by IoU or by
+LUNA16's centre criterion, with its CPM). Each module's docstring names its statistics and their references.
+``run.evaluate_bundle`` runs a bundle over a datalist (``run3d`` for 3D bundles). Typical use::
 
     report = evaluate(LesionClassification(classes, labels, patients, {"image": p_img, "all": p_all}, oracle),
                       detections, comparisons=[("all", "image")])

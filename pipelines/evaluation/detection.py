@@ -1,12 +1,15 @@
 """Lesion detection figures: mAP at one IoU threshold and FROC (sensitivity at fixed false positives per image).
 
+An "image" is a 2D image (boxes x0, y0, x1, y1 in pixels) or a 3D scan (x0, y0, z0, x1, y1, z1 in mm); in 3D
+the FROC rates are false positives per scan, as LUNA16 counts them.
+
 * Matching: MONAI's ``matching_batch`` (nnDetection's port of pycocotools): per image, detections in descending
   score order each take the unmatched ground-truth box of highest IoU >= the threshold (0.5); a second detection
   on a matched lesion is a false positive; at most ``max_detections`` per image (COCO's 100). Boxes are
   (x0, y0, x1, y1) pixels, IoU by ``monai.data.box_utils.box_iou``.
 * mAP@IoU: MONAI's ``COCOMetric`` (101-point interpolated precision, Everingham et al. 2010; Lin et al. 2014),
   over one class "lesion": stage 1 of our pipelines localises lesions whatever their class, which stage 2 decides,
-  so mAP here equals the lesion class's AP. A bootstrap resample re-weights images by their patient's count;
+  so mAP here equals the lesion class's AP. In 3D, MONAI's ``box_iou`` takes the six-column boxes as they are. A bootstrap resample re-weights images by their patient's count;
   matching is per image, so the resampled AP re-aggregates the same matches with weights. That re-aggregation is
   ours (vectorised, MONAI's computation with cumulative *weighted* sums) and equals ``COCOMetric`` on the
   resample's image list (tested).
@@ -16,6 +19,12 @@
   user can pick a threshold for, not an interpolation between two (MONAI's ``compute_froc_score`` and CAMELYON16
   interpolate linearly; the tests check our operating points against MONAI's ``compute_froc_curve_data``).
   Their mean over the rates is LUNA16's competition performance metric (CPM).
+* FROC hits by the LUNA16 centre criterion (``hit_criterion="centre"``, Setio et al. 2017, the challenge's
+  evaluation script): a detection hits a lesion when the detection box's centre lies within the lesion's radius of
+  the lesion's centre, the radius being the lesion box's half-extent on each axis (an ellipsoid; a sphere for a
+  cube). In descending score order a hit takes the nearest (relative to the radius) lesion not yet found; a
+  detection whose only lesions are already found is a duplicate and counts neither as hit nor as false positive
+  (the script merges it into the lesion's candidate). mAP stays matched by IoU.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from pipelines.evaluation.bootstrap import Estimate, estimate
 
 __all__ = [
     "FROC_RATES",
+    "HIT_CRITERIA",
     "DetectionMetrics",
     "FrocCurve",
     "ImageDetections",
@@ -37,6 +47,8 @@ __all__ = [
     "detection_metrics",
     "froc_curve",
     "froc_operating_points",
+    "centre_similarity",
+    "match_centres",
     "match_detections",
     "monai_average_precision",
     "weighted_average_precision",
@@ -45,23 +57,34 @@ __all__ = [
 
 FROC_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's and MONAI's COCOMetric's recall thresholds
+HIT_CRITERIA = ("iou", "centre")  # what makes a detection a FROC hit: IoU >= the threshold, or LUNA16's centre rule
 
 
 @dataclass(frozen=True)
 class ImageDetections:
-    """One image's ground-truth lesion boxes and the detector's scored boxes, (x0, y0, x1, y1) in pixels."""
+    """One image's ground-truth lesion boxes and the detector's scored boxes: (x0, y0, x1, y1) pixels of a 2D image
+    or, with ``spatial_dims`` 3, (x0, y0, z0, x1, y1, z1) mm of a scan."""
 
     patient_id: str
-    truth_boxes: np.ndarray  # (G, 4)
-    boxes: np.ndarray  # (D, 4)
+    truth_boxes: np.ndarray  # (G, 2 * spatial_dims)
+    boxes: np.ndarray  # (D, 2 * spatial_dims)
     scores: np.ndarray  # (D,)
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         # Coerce once here so that matching can rely on shapes; frozen, hence object.__setattr__.
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f'Argument "spatial_dims" must be 2 or 3, got {self.spatial_dims}.')
+        dims = self.spatial_dims
+        order = ("x0, y0, x1, y1", "x1 >= x0 and y1 >= y0") if dims == 2 else (
+            "x0, y0, z0, x1, y1, z1", "x1 >= x0, y1 >= y0 and z1 >= z0")
         for name in ("truth_boxes", "boxes"):
-            value = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1, 4)
-            if np.any(value[:, 2:] < value[:, :2]):
-                raise ValueError(f'Argument "{name}" must hold (x0, y0, x1, y1) boxes with x1 >= x0 and y1 >= y0.')
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.size % (2 * dims):
+                raise ValueError(f'Argument "{name}" must hold ({order[0]}) boxes, {2 * dims} numbers each.')
+            value = value.reshape(-1, 2 * dims)
+            if np.any(value[:, dims:] < value[:, :dims]):
+                raise ValueError(f'Argument "{name}" must hold ({order[0]}) boxes with {order[1]}.')
             object.__setattr__(self, name, value)
         scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         if scores.size != self.boxes.shape[0]:
@@ -101,6 +124,8 @@ class DetectionMetrics:
     sensitivity: tuple[Estimate, ...]  # at each of fp_rates
     mean_sensitivity: Estimate  # CPM: mean over fp_rates
     froc: FrocCurve
+    hit_criterion: str = "iou"  # of the FROC figures; mAP is by IoU always
+    spatial_dims: int = 2  # 3: an image is a scan, rates are FP per scan
 
 
 def match_detections(
@@ -138,6 +163,46 @@ def match_detections(
         true_positive=(np.concatenate(hits) if hits else np.zeros(0, dtype=bool))[order],
         lesions_per_image=np.array([im.truth_boxes.shape[0] for im in images], dtype=np.float64),
         raw=tuple(raw),
+    )
+
+
+def centre_similarity(boxes: np.ndarray, truth_boxes: np.ndarray) -> np.ndarray:
+    """(D, G) 1 - the distance of each box's centre from each lesion's centre in units of the lesion's radius (its
+    box's half-extent per axis): >= 0 exactly when the centre lies within the lesion (LUNA16's hit)."""
+    dims = truth_boxes.shape[1] // 2
+    centres = (boxes[:, :dims] + boxes[:, dims:]) / 2
+    truth_centres = (truth_boxes[:, :dims] + truth_boxes[:, dims:]) / 2
+    radii = np.maximum((truth_boxes[:, dims:] - truth_boxes[:, :dims]) / 2, np.finfo(np.float64).tiny)
+    offset = (centres[:, None, :] - truth_centres[None, :, :]) / radii[None, :, :]
+    return np.asarray(1.0 - np.sqrt((offset**2).sum(axis=2)))
+
+
+def match_centres(images: Sequence[ImageDetections], max_detections: int = 100) -> MatchedDetections:
+    """Match by LUNA16's centre criterion (module docstring): hits, false positives, duplicates dropped. ``raw`` is
+    empty: COCOMetric's AP needs IoU matches (:func:`match_detections`)."""
+    image_index, scores, hits = [], [], []
+    for i, im in enumerate(images):
+        order = np.argsort(-im.scores, kind="mergesort")[:max_detections]  # MONAI's order and cut
+        similarity = centre_similarity(im.boxes[order], im.truth_boxes)
+        found = np.zeros(im.truth_boxes.shape[0], dtype=bool)
+        for d, score in zip(range(order.size), im.scores[order]):
+            inside = similarity[d] >= 0
+            free = inside & ~found
+            if free.any():
+                found[int(np.argmax(np.where(free, similarity[d], -np.inf)))] = True
+            elif inside.any():
+                continue  # a duplicate of a found lesion: neither hit nor false positive
+            image_index.append(i)
+            scores.append(float(score))
+            hits.append(bool(free.any()))
+    score = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-score, kind="mergesort")
+    return MatchedDetections(
+        image=np.asarray(image_index, dtype=int)[order],
+        score=score[order],
+        true_positive=np.asarray(hits, dtype=bool)[order],
+        lesions_per_image=np.array([im.truth_boxes.shape[0] for im in images], dtype=np.float64),
+        raw=(),
     )
 
 
@@ -243,17 +308,25 @@ def detection_metrics(
     fp_rates: Sequence[float] = FROC_RATES,
     max_detections: int = 100,
     confidence: float = 0.95,
+    hit_criterion: str = "iou",
 ) -> DetectionMetrics:
-    """mAP@IoU and FROC with intervals; ``image_weights`` (n_resamples, n_images) from the patient resamples."""
+    """mAP@IoU and FROC with intervals; ``image_weights`` (n_resamples, n_images) from the patient resamples. FROC
+    hits by ``hit_criterion`` (:data:`HIT_CRITERIA`): IoU >= ``iou_threshold``, or LUNA16's centre criterion."""
+    if hit_criterion not in HIT_CRITERIA:
+        raise ValueError(f'Argument "hit_criterion" must be one of {HIT_CRITERIA}, got {hit_criterion!r}.')
+    dims = {im.spatial_dims for im in images}
+    if len(dims) > 1:
+        raise ValueError('Argument "images" mixes 2D images and 3D scans; evaluate each kind on its own.')
     matched = match_detections(images, iou_threshold, max_detections)
+    hits = matched if hit_criterion == "iou" else match_centres(images, max_detections)
     n_lesions = int(matched.lesions_per_image.sum())
     if n_lesions == 0:
         raise ValueError("Detection figures need at least one ground-truth lesion box.")
     ones = np.ones((1, len(images)))
     ap = estimate(monai_average_precision(matched, iou_threshold, max_detections),
                   weighted_average_precision(matched, image_weights), n_lesions, n_patients, confidence)
-    point = weighted_froc_sensitivity(matched, ones, fp_rates)[0]
-    replicates = weighted_froc_sensitivity(matched, image_weights, fp_rates)
+    point = weighted_froc_sensitivity(hits, ones, fp_rates)[0]
+    replicates = weighted_froc_sensitivity(hits, image_weights, fp_rates)
     sensitivity = tuple(
         estimate(point[j], replicates[:, j], n_lesions, n_patients, confidence) for j in range(len(fp_rates))
     )
@@ -267,5 +340,7 @@ def detection_metrics(
         fp_rates=tuple(float(r) for r in fp_rates),
         sensitivity=sensitivity,
         mean_sensitivity=cpm,
-        froc=froc_curve(matched, len(images)),
+        froc=froc_curve(hits, len(images)),
+        hit_criterion=hit_criterion,
+        spatial_dims=dims.pop() if dims else 2,
     )

@@ -17,7 +17,9 @@ import numpy as np
 from pipelines.evaluation.bootstrap import Estimate, estimate, patient_resamples
 from pipelines.evaluation.classification import ClassificationMetrics, classification_metrics, replicate_figures
 from pipelines.evaluation.delong import DeLongTest, delong_macro_test
-from pipelines.evaluation.detection import FROC_RATES, DetectionMetrics, ImageDetections, detection_metrics
+from pipelines.evaluation.detection import (
+    FROC_RATES, HIT_CRITERIA, DetectionMetrics, ImageDetections, detection_metrics,
+)
 
 __all__ = ["AucComparison", "EvaluationConfig", "EvaluationReport", "LesionClassification", "evaluate"]
 
@@ -36,6 +38,7 @@ class EvaluationConfig:
     iou_threshold: float = 0.5
     fp_rates: tuple[float, ...] = FROC_RATES
     max_detections: int = 100
+    hit_criterion: str = "iou"  # FROC hits: "iou" (>= iou_threshold) or "centre" (LUNA16; see detection.py)
 
     def __post_init__(self) -> None:
         if self.n_resamples < 1:
@@ -48,6 +51,8 @@ class EvaluationConfig:
             raise ValueError(f'Argument "iou_threshold" must lie in (0, 1], got {self.iou_threshold}.')
         if not self.fp_rates or any(r <= 0 for r in self.fp_rates):
             raise ValueError(f'Argument "fp_rates" must be positive FP-per-image rates, got {self.fp_rates}.')
+        if self.hit_criterion not in HIT_CRITERIA:
+            raise ValueError(f'Argument "hit_criterion" must be one of {HIT_CRITERIA}, got {self.hit_criterion!r}.')
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def evaluate(
         image_patients = [im.patient_id for im in detection]
         detection_result = detection_metrics(
             detection, resamples.weights(image_patients), len(set(image_patients)), config.iou_threshold,
-            config.fp_rates, config.max_detections, config.confidence,
+            config.fp_rates, config.max_detections, config.confidence, config.hit_criterion,
         )
     if classification is None:
         return EvaluationReport(config=config, n_patients=n_patients, detection=detection_result)

@@ -102,12 +102,14 @@ def froc_figure(detection: Json) -> Figure:
     values = np.array([e.value for e in sensitivity])
     low = np.array([e.ci_low for e in sensitivity])
     high = np.array([e.ci_high for e in sensitivity])
+    unit = detection.get("unit", "image")  # reports written before 3D have no unit: images
     ax.errorbar(np.array(froc["fp_per_image"], dtype=float), values, yerr=[values - low, high - values], fmt="o",
-                capsize=3, label="sensitivity at fixed FP/image (95% CI)")
+                capsize=3, label=f"sensitivity at fixed FP/{unit} (95% CI)")
     ax.set_xscale("symlog", linthresh=froc["fp_per_image"][0])
     iou = detection["iou_threshold"]
-    ax.set(ylim=(0, 1.01), xlabel="False positives per image", ylabel="Sensitivity (lesions found)",
-           title=f"FROC at IoU {iou:g}: CPM {_text(froc['mean_sensitivity'])}\nmAP@{iou:g} {_text(detection['map'])}")
+    hits = "LUNA16 centre hits" if detection.get("hit_criterion") == "centre" else f"IoU {iou:g}"
+    ax.set(ylim=(0, 1.01), xlabel=f"False positives per {unit}", ylabel="Sensitivity (lesions found)",
+           title=f"FROC at {hits}: CPM {_text(froc['mean_sensitivity'])}\nmAP@{iou:g} {_text(detection['map'])}")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig

@@ -39,6 +39,13 @@ METHODS = (
     "class); FROC sensitivity at a rate = best sensitivity among thresholds with FP/image <= rate; CPM = mean "
     "over the rates (Setio et al. 2017).",
 )
+CENTRE_METHOD = (
+    "FROC hits (3D scans, so FP/image reads FP per scan): LUNA16's centre criterion (Setio et al. 2017): a detection "
+    "hits a nodule when its box centre lies within the nodule's radius (the nodule box's half-extent per axis) of "
+    "the nodule's centre; in score order each hit takes the nearest nodule not yet found; further detections on a "
+    "found nodule are merged into it, neither hits nor false positives. mAP stays matched at IoU >= "
+    "{iou_threshold:g} (MONAI's box_iou on the 3D boxes)."
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ def _classification_json(m: ClassificationMetrics) -> dict[str, Any]:
 def _detection_json(d: DetectionMetrics) -> dict[str, Any]:
     return {
         "iou_threshold": d.iou_threshold,
+        "hit_criterion": d.hit_criterion,
+        "unit": "scan" if d.spatial_dims == 3 else "image",
         "n_images": d.n_images,
         "n_lesions": d.n_lesions,
         "n_detections": d.n_detections,
@@ -181,18 +190,22 @@ def report_markdown(report: EvaluationReport, provenance: Mapping[str, Any] | No
             )
     if report.detection:
         d = report.detection
+        unit = "scan" if d.spatial_dims == 3 else "image"
+        hits = "LUNA16 centre criterion" if d.hit_criterion == "centre" else f"IoU >= {d.iou_threshold:g}"
         lines += ["## Detection", "",
-                  f"{d.n_images} images, {d.n_lesions} lesions, {d.n_detections} detections kept.", ""]
+                  f"{d.n_images} {unit}s, {d.n_lesions} lesions, {d.n_detections} detections kept; FROC hits by "
+                  f"{hits}.", ""]
         lines += _table(
             ["figure", "value (95% CI)"],
             [[f"mAP@{d.iou_threshold:g}", d.mean_average_precision.text()],
-             *([f"sensitivity at {r:g} FP/image", e.text()] for r, e in zip(d.fp_rates, d.sensitivity)),
+             *([f"sensitivity at {r:g} FP/{unit}", e.text()] for r, e in zip(d.fp_rates, d.sensitivity)),
              ["CPM (mean sensitivity over those rates)", d.mean_sensitivity.text()]],
         )
     skipped = _skipped(report)
     if provenance:
         lines += _provenance_lines(provenance)
-    lines += ["## Methods", "", *(f"- {m.format(percent=100 * cfg.confidence, **asdict(cfg))}" for m in METHODS), ""]
+    methods = [*METHODS, *([CENTRE_METHOD] if report.detection and report.detection.hit_criterion == "centre" else [])]
+    lines += ["## Methods", "", *(f"- {m.format(percent=100 * cfg.confidence, **asdict(cfg))}" for m in methods), ""]
     if skipped:
         lines += ["Figures with skipped resamples (undefined there): "
                   + "; ".join(f"{name}: {n}" for name, n in skipped) + ".", ""]

@@ -1,6 +1,7 @@
 """Run a pipeline bundle over a datalist split and evaluate it: the model side of ``dicom-ai-node evaluate``.
 
-Reads each item's DICOM and FHIR bundle, pre-processes as the pipeline does, runs the detector (every candidate,
+2D bundles here; 3D bundles (``inputs.dimensionality`` 3, datalists with box_mode "xyzxyz") in ``run3d``. Reads each
+item's DICOM and FHIR bundle, pre-processes as the pipeline does, runs the detector (every candidate,
 for mAP and FROC) and the fusion head on the *true* lesion boxes (so classification is judged apart from
 detection), with inputs withheld at inference for the ablation rows; then hands plain arrays to
 ``pipelines.evaluation.evaluate``. Writes nothing itself: ``report.write_report`` does.
@@ -23,6 +24,7 @@ from pipelines.evaluation.evaluate import EvaluationConfig, EvaluationReport, Le
 if TYPE_CHECKING:  # torch and MONAI load only when a bundle is run
     from pipelines.common.bundle import LoadedBundle
     from pipelines.common.fuse import NoteEncoder
+    from pipelines.evaluation.run3d import VolumeInference
 
 __all__ = [
     "ABLATION_INPUTS",
@@ -103,20 +105,23 @@ def _stage2_probabilities(bundle: LoadedBundle, crops: np.ndarray, clinicals: Se
     return np.concatenate(out) if out else np.zeros((0, cfg.num_classes))
 
 
-def _usable_clinical(clinical: Clinical, units: Mapping[str, str]) -> Clinical:
-    """Only labs in the unit the model was trained on, as the pipeline does (no silent unit conversion)."""
-    labs = {k: v for k, v in clinical.labs.items() if k in units and clinical.units.get(k) == units[k]}
-    return Clinical(labs=labs, units={k: units[k] for k in labs}, notes=clinical.notes)
+def bundle_metadata(bundle_dir: Path) -> dict[str, Any]:
+    """The bundle's configs/metadata.json (no torch), or the error that says what to give instead."""
+    from pipelines.common.bundle_layout import METADATA, BundleError, read_metadata
+
+    if not (bundle_dir / METADATA).is_file():
+        raise EvaluationInputError(f"{bundle_dir}: not a pipeline bundle (no {METADATA}); give a bundle directory "
+                                   "or an installed pipeline name (dicom-ai-node pipelines lists them)")
+    try:
+        return read_metadata(bundle_dir)
+    except BundleError as exc:
+        raise EvaluationInputError(str(exc)) from None
 
 
 def _load(bundle_dir: Path, device: str) -> LoadedBundle:
     from pipelines.common.bundle import load_bundle
 
-    from pipelines.common.bundle_layout import METADATA
-
-    if not (bundle_dir / METADATA).is_file():
-        raise EvaluationInputError(f"{bundle_dir}: not a pipeline bundle (no {METADATA}); give a bundle directory "
-                                   "or an installed pipeline name (dicom-ai-node pipelines lists them)")
+    bundle_metadata(bundle_dir)
     try:
         return load_bundle(bundle_dir, device)
     except (FileNotFoundError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
@@ -124,12 +129,19 @@ def _load(bundle_dir: Path, device: str) -> LoadedBundle:
                                    f"{str(exc)[:200]}); retrain or re-export it") from None
 
 
-def _check_classes(bundle: LoadedBundle, bundle_dir: Path, datalist: Datalist) -> None:
-    labels = tuple(str(c.get("label", c.get("meaning", ""))) for c in bundle.config.get("classes", []))
+def check_classes(classes: Iterable[Any], bundle_dir: Path, datalist: Datalist) -> None:
+    """The bundle's classes (metadata entries or their labels) are the datalist's, in the same order."""
+    labels = tuple(str(c.get("label", c.get("meaning", ""))) if isinstance(c, Mapping) else str(c) for c in classes)
     if labels != datalist.classes:
         raise EvaluationInputError(
             f"{datalist.path}: 'classes' {list(datalist.classes)} differ from bundle {bundle_dir}'s class labels "
             f"{list(labels)}; the datalist's label indices must mean the model's classes, in the same order")
+
+
+def usable_clinical(clinical: Clinical, units: Mapping[str, str]) -> Clinical:
+    """Only labs in the unit the model was trained on, as the pipeline does (no silent unit conversion)."""
+    labs = {k: v for k, v in clinical.labs.items() if k in units and clinical.units.get(k) == units[k]}
+    return Clinical(labs=labs, units={k: units[k] for k in labs}, notes=clinical.notes)
 
 
 def _check_split(datalist: Datalist, split: str, items: Sequence[DatalistItem]) -> None:
@@ -188,7 +200,7 @@ def _run_items(bundle: LoadedBundle, bundle_dir: Path, items: Sequence[DatalistI
         out.detections.append(ImageDetections(item.patient_id, item.boxes, boxes, np.array([s for _, s in found])))
         if not item.labels.size:
             continue
-        clinical = _usable_clinical(item.clinical(), units)
+        clinical = usable_clinical(item.clinical(), units)
         for k, (box, label) in enumerate(zip(item.boxes, item.labels)):
             x0, y0, x1, y1 = (float(v) for v in box)
             for crop_size, crops in out.crops.items():
@@ -222,11 +234,14 @@ def evaluate_bundle(
     device: str = "auto",
     allow_few_resamples: bool = False,
     progress: Callable[[Iterable[DatalistItem]], Iterable[DatalistItem]] = lambda items: items,
+    volume_inference: VolumeInference | None = None,
 ) -> BundleEvaluation:
     """Evaluate the bundle at ``bundle_dir`` on the ``split`` of ``datalist``: detection (mAP, FROC) on every image;
     classification of the true lesions by the rows of :data:`ABLATION_INPUTS` (inputs withheld at inference) and by
     each ablation bundle (``name`` in :data:`ABLATION_INPUTS` -> bundle trained with those inputs, given them alone);
-    the oracle when the datalist has one; the paired comparison fusion ("all") vs image only."""
+    the oracle when the datalist has one; the paired comparison fusion ("all") vs image only. A 3D bundle
+    (``inputs.dimensionality`` 3) is run by ``run3d.evaluate_volumes`` through ``volume_inference`` (None: the
+    pipeline package's ``inference`` module)."""
     ablation_bundles = dict(ablation_bundles or {})
     if config.n_resamples < MIN_RESAMPLES and not allow_few_resamples:
         raise EvaluationInputError(f"{config.n_resamples} bootstrap resamples are fewer than the {MIN_RESAMPLES} a "
@@ -236,17 +251,25 @@ def evaluate_bundle(
         raise EvaluationInputError(f"ablation names {bad} are not input sets; name each ablation bundle by the "
                                    f"inputs it was trained with: {', '.join(ABLATION_INPUTS)}")
     data = datalist if isinstance(datalist, Datalist) else load_datalist(datalist)
-    if data.box_mode != "xyxy":
-        raise EvaluationInputError(f"{data.path}: box_mode {data.box_mode!r}; this pipeline reads 2D images "
-                                   "('xyxy' boxes in source pixels)")
+    dimensionality = bundle_metadata(bundle_dir).get("inputs", {}).get("dimensionality", 2)
+    box_mode = {2: "xyxy", 3: "xyzxyz"}.get(dimensionality)
+    if data.box_mode != box_mode:
+        raise EvaluationInputError(
+            f"{data.path}: box_mode {data.box_mode!r}, but bundle {bundle_dir} reads {dimensionality}D inputs; give "
+            f"a datalist with {box_mode!r} boxes ({'LPS mm of series folders' if box_mode == 'xyzxyz' else 'source pixels of images'})")
     items = data.split(split)
     _check_split(data, split, items)
+    if dimensionality == 3:
+        from pipelines.evaluation.run3d import evaluate_volumes
+
+        return evaluate_volumes(bundle_dir, data, split, items, config, ablation_bundles, device, progress,
+                                volume_inference)
 
     bundle = _load(bundle_dir, device)
-    _check_classes(bundle, bundle_dir, data)
+    check_classes(bundle.config.get("classes", []), bundle_dir, data)
     others = {name: _load(path, device) for name, path in ablation_bundles.items()}
     for name, other in others.items():
-        _check_classes(other, ablation_bundles[name], data)
+        check_classes(other.config.get("classes", []), ablation_bundles[name], data)
     units = _lab_units(bundle)
     for other in others.values():
         _lab_units(other)
@@ -262,35 +285,56 @@ def evaluate_bundle(
     for name, other in others.items():
         predictions[as_trained(name)] = _stage2_probabilities(
             other, crops[other.fusion_config.crop_size], collected.clinicals, ABLATION_INPUTS[name], notes)
-    lesions = LesionClassification(
-        class_names=data.classes,
-        labels=np.asarray(collected.labels, dtype=np.intp),
-        patient_ids=tuple(collected.patients),
-        predictions=predictions,
-        oracle=np.stack(collected.oracle) if collected.oracle else None,
-    )
-    comparisons = [FUSION_VS_IMAGE]
-    if "image" in others and "all" in others:
-        comparisons.append((as_trained("all"), as_trained("image")))
-    report = evaluate(lesions, collected.detections, comparisons=comparisons, config=config)
+    report = report_of(data, collected.labels, collected.patients, predictions, collected.oracle,
+                       collected.detections, config)
     selector: Any = bundle.detector.box_selector
-    provenance: dict[str, Any] = {
-        "bundle": {"name": str(bundle.config.get("name", bundle_dir.name)),
-                   "version": str(bundle.config.get("version", "")), "path": str(bundle_dir)},
-        "datalist": {"path": str(data.path), "name": data.name, "split": split, "images": len(items)},
-        "detection": f"every candidate of the detector on every image of the split (score >= {selector.score_thresh:g}, "
+    provenance = provenance_of(bundle.config, bundle_dir, data, split, len(items), ablation_bundles, config,
+                               detection=f"every candidate of the detector on every image of the split (score >= {selector.score_thresh:g}, "
                      f"NMS at IoU {selector.nms_thresh:g}, at most {selector.detections_per_img} per image), matched "
                      "to the datalist's boxes in source pixels; the bundle's operating threshold "
                      f"{bundle.config.get('detection_threshold')} is one point on the FROC curve",
-        "classification": "the fusion head on the datalist's true lesion boxes (cropped as the pipeline crops), so "
-                          "classification is judged apart from detection; rows: "
+                               classification="the fusion head on the datalist's true lesion boxes (cropped as the "
+                                              "pipeline crops)",
+                               excluded={"outside_intended_use": collected.outside_intended_use,
+                                         "out_of_distribution": collected.out_of_distribution},
+                               device=bundle.device.type)
+    return BundleEvaluation(report=report, provenance=provenance)
+
+
+def report_of(data: Datalist, labels: Sequence[int], patients: Sequence[str], predictions: Mapping[str, np.ndarray],
+              oracle: Sequence[np.ndarray], detections: Sequence[ImageDetections],
+              config: EvaluationConfig) -> EvaluationReport:
+    """The report of the lesions' prediction sets and the detections, with fusion vs image only (and the as-trained
+    pair when both ablation bundles were given) compared."""
+    lesions = LesionClassification(
+        class_names=data.classes,
+        labels=np.asarray(labels, dtype=np.intp),
+        patient_ids=tuple(patients),
+        predictions=predictions,
+        oracle=np.stack(oracle) if oracle else None,
+    )
+    comparisons = [FUSION_VS_IMAGE]
+    if as_trained("image") in predictions and as_trained("all") in predictions:
+        comparisons.append((as_trained("all"), as_trained("image")))
+    return evaluate(lesions, detections, comparisons=comparisons, config=config)
+
+
+def provenance_of(bundle_config: Mapping[str, Any], bundle_dir: Path, data: Datalist, split: str, n_items: int,
+                  ablation_bundles: Mapping[str, Path], config: EvaluationConfig, *, detection: str,
+                  classification: str, excluded: Mapping[str, int], device: str) -> dict[str, Any]:
+    """What was evaluated and how, for report.json and report.md; ``classification`` says how the true lesions were
+    classified, the ablation rows are added here."""
+    return {
+        "bundle": {"name": str(bundle_config.get("name", bundle_dir.name)),
+                   "version": str(bundle_config.get("version", "")), "path": str(bundle_dir)},
+        "datalist": {"path": str(data.path), "name": data.name, "split": split, "images": n_items},
+        "detection": detection,
+        "classification": f"{classification}, so classification is judged apart from detection; rows: "
                           + "; ".join(f"{row}: {', '.join(sorted(w)) or 'nothing'} withheld at inference"
                                       for row, w in ABLATION_INPUTS.items())
                           + "".join(f"; {as_trained(n)}: bundle {p}, trained with and given {n}"
                                     for n, p in ablation_bundles.items()),
-        "images_the_pipeline_would_exclude": {"outside_intended_use": collected.outside_intended_use,
-                                              "out_of_distribution": collected.out_of_distribution},
+        "images_the_pipeline_would_exclude": dict(excluded),
         "resamples_below_minimum": config.n_resamples < MIN_RESAMPLES,
-        "device": bundle.device.type,
+        "device": device,
     }
-    return BundleEvaluation(report=report, provenance=provenance)

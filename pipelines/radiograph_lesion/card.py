@@ -6,7 +6,6 @@ Kept apart from the training loop so the card's wording can be read and reviewed
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 
@@ -131,30 +130,6 @@ def _as_trained(config: dict[str, Any], stored: dict[str, Any]) -> str:
             f"inputs, on this bundle's detector and data (`dicom-ai-node train {training.get('base', 'radiograph-lesion')}"
             f" --datalist DATALIST --detector-from THIS_BUNDLE --inputs image,labs ...`, same seed and epochs); "
             "they are not shipped, and `--ablation NAME=DIR` adds them to the evaluation.")
-
-
-def record_evaluation(bundle_dir: Path, report: dict[str, Any], rows: list[tuple[str, str]]) -> None:
-    """Store an evaluation report's headline figures (text with their CIs) in the bundle's metadata "metrics" and
-    re-render its model card; the weights and every other key stay as they are."""
-    from pipelines.common import bundle_layout
-
-    config = bundle_layout.read_config(bundle_dir)
-    provenance = report["provenance"]
-    datalist = provenance["datalist"]
-    evaluation = {
-        "command": f"dicom-ai-node evaluate {config['name']} --datalist DATALIST --split {datalist['split']} "
-                   f"--resamples {report['config']['n_resamples']} --seed {report['config']['seed']}",
-        "datalist": datalist.get("name", ""), "split": datalist["split"], "n_patients": report["n_patients"],
-        "n_images": datalist.get("images", report.get("detection", {}).get("n_images")),
-        "n_lesions": report.get("classification", {}).get("n_lesions"),
-        "n_resamples": report["config"]["n_resamples"], "seed": report["config"]["seed"],
-        "rows": [list(row) for row in rows],
-        "as_trained": [name.removesuffix(" (as trained)") for name in report.get("classification", {}).get("sets", {})
-                       if name.endswith(" (as trained)")],
-    }
-    config.setdefault("metrics", {})["evaluation"] = evaluation
-    bundle_layout.write_configs(bundle_dir, config)
-    (bundle_dir / bundle_layout.CARD).write_text(model_card(config))
 
 
 def _training(config: dict[str, Any]) -> str:
