@@ -56,6 +56,7 @@ class SeriesInfo:
     series_number: int = 1
     series_description: str = "CHEST 1.0 mm"
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL")
+    age: str = ""  # Patient's Age, e.g. "065Y"; empty: not written
 
 
 def ct_series_datasets(hu: np.ndarray, positions: np.ndarray, info: SeriesInfo,
@@ -98,6 +99,8 @@ def ct_series_datasets(hu: np.ndarray, positions: np.ndarray, info: SeriesInfo,
         ds.PatientName = info.patient_name
         ds.PatientID = info.patient_id
         ds.PatientBirthDate = info.birth_date
+        if info.age:
+            ds.PatientAge = info.age
         ds.PatientSex = info.sex
         ds.PatientPosition = "HFS"
         ds.BodyPartExamined = "CHEST"
@@ -136,10 +139,12 @@ def grid_positions(grid: Grid) -> np.ndarray:
 
 
 def series_info(case: ChestCase) -> SeriesInfo:
+    # Born on the study's day and month (28 Feb for a 29 Feb study), so the header's age is exactly age_years.
     birth_year = int(case.study_date[:4]) - case.age_years
+    month_day = "0228" if case.study_date[4:] == "0229" else case.study_date[4:]
     return SeriesInfo(
         patient_id=case.patient_id, patient_name=f"Phantom^Chest{case.index + 1}",
-        birth_date=f"{birth_year}0701", sex=case.sex,
+        birth_date=f"{birth_year}{month_day}", age=f"{case.age_years:03d}Y", sex=case.sex,
         study_uid=deterministic_uid(case.seed, case.index, "ct-study"),
         series_uid=deterministic_uid(case.seed, case.index, "ct-series"),
         frame_of_reference_uid=deterministic_uid(case.seed, case.index, "ct-frame"),
@@ -164,7 +169,7 @@ def fhir_bundle(case: ChestCase) -> dict[str, Any]:
         "fullUrl": patient_url,
         "resource": {"resourceType": "Patient", "identifier": [{"system": MRN_SYSTEM, "value": case.patient_id}],
                      "name": [{"family": "Phantom", "given": [f"Chest{case.index + 1}"]}],
-                     "birthDate": f"{info.birth_date[:4]}-07-01",
+                     "birthDate": f"{info.birth_date[:4]}-{info.birth_date[4:6]}-{info.birth_date[6:]}",
                      "gender": "male" if case.sex == "M" else "female"},
         "request": {"method": "POST", "url": "Patient"},
     }]

@@ -186,8 +186,8 @@ def test_oracle_auc_equals_sklearn_and_every_interval_is_ordered(perfect: tuple[
     # Age and sex from the series header, the labs in the bundle's units, the rows' inputs withheld.
     cases = {generate_case(SEED, i, SMALL_GRID).patient_id: generate_case(SEED, i, SMALL_GRID) for i in range(N_PATIENTS)}
     for patient, age, sex, withheld, clinical in fake.given:
-        case = cases[patient]  # born on 1 July of (study year - age_years): a year younger until then
-        assert (age, sex) == (case.age_years - (case.study_date[4:] < "0701"), case.sex)
+        case = cases[patient]  # the header's Patient's Age (and birth date) say exactly age_years
+        assert (age, sex) == (case.age_years, case.sex)
         assert set(clinical.labs) <= {lab.loinc for lab in LAB_MODELS}
     assert sum(w == frozenset() for *_, w, _ in fake.given) == len(items)  # the "all" row: one call per scan
 
