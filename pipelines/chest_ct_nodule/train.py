@@ -49,7 +49,7 @@ from pipelines.radiograph_lesion.train import (
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "0.1.0"
-PATCH = (64, 64, 48)  # detector training patch, model voxels (x, y, z): 128 x 128 x 96 mm at 2 mm
+PATCH = (48, 48, 40)  # detector training patch, model voxels (x, y, z): 96 x 96 x 80 mm at 2 mm
 JITTERS = 4
 N_RESAMPLES = 1000
 CROP_SIZE = 24  # 48 mm cubes at 2 mm: the largest nodules (30 mm) with their surroundings
@@ -212,10 +212,10 @@ def _train_detector(run: _Run, cfg: CtDetectorConfig, train: Sequence[CachedCase
     network = detector.network
     # every nodule twice (positives are rare in a volume) and one random patch per volume
     per_epoch = [(i, k) for i, c in enumerate(train) for k in [*range(len(c.boxes_lps)), *range(len(c.boxes_lps)), None]]
-    batch_size = 4
+    batch_size = 6
     steps = max(1, epochs * ((len(per_epoch) + batch_size - 1) // batch_size))
-    optimiser = torch.optim.AdamW(network.parameters(), lr=2e-3, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
 
     def epoch_fn(epoch: int) -> float:
         detector.train()

@@ -156,7 +156,9 @@ def test_pipeline_findings_carry_the_volume_box_and_the_slice_through_its_centre
 
 def test_head_ct_and_a_non_chest_series_are_left_out_with_the_reason(
         phantom: tuple[ChestCase, Path], pipeline: ChestCtNodulePipeline, tmp_path: Path) -> None:
-    head = Path(get_testdata_file("CT_small.dcm"))  # one CT slice of a head, Body Part Examined absent
+    found = get_testdata_file("CT_small.dcm")  # one CT slice of a head, Body Part Examined absent
+    assert isinstance(found, str)
+    head = Path(found)
     result = pipeline.run(_study([head]), ClinicalContext.unavailable("unreachable"))
     assert not result.findings and not result.images_analysed and result.detection_threshold is None
     (excluded,) = result.instances_excluded
