@@ -58,12 +58,21 @@ def model_card(config: Mapping[str, Any]) -> str:
         "",
         "## Training",
         "",
+        "Made with `python -m devtools.synthetic.chest_ct_io` (the shipped 0.1.0: 80 patients, seed 0, rendered on a "
+        "176 x 176 x 140 grid of 2 mm slices by `write_chest_ct_cohort(..., grid=Grid(176, 140, 2.0))`) and "
+        "`dicom-ai-node train chest-ct-nodule --datalist DATALIST --out DIR` with the epochs below.",
+        "",
         f"Datalist: {training.get('datalist', 'unknown')} ({training.get('datalist_description', '')}). "
         f"Seed {training.get('seed')}, {training.get('epochs_detector')} detector epochs (epoch "
         f"{training.get('detector_epoch_kept')} kept, best validation F1), {training.get('epochs_classifier')} "
         f"classifier epochs (epoch {training.get('classifier_epoch_kept')} kept, lowest validation log loss), device "
         f"{training.get('device')}, {training.get('seconds', {}).get('total')} s. Split: "
         f"{metrics.get('split', {})}.",
+        "",
+        "Limitations of the \"cpu-small\" configuration: at 2 mm voxels (smoothed by "
+        f"{det.get('smoothing_mm', 0):g} mm) nodules below about 8 mm span a few voxels and are mostly missed; large "
+        "nodules (about 20 mm and more) are what it finds reliably. The \"luna16\" configuration (MONAI's LUNA16 bundle, "
+        "0.7 x 0.7 x 1.25 mm) is a GPU model; no bundle of it is trained here.",
         "",
         "## Validation figures (the training run's validation list)",
         "",

@@ -100,9 +100,20 @@ def anti_aliased(volume: Volume, spacing_mm: Sequence[float]) -> Volume:
                     [float(v) for v in new])
 
 
+def prepare_model_volume(config: CtDetectorConfig, volume: Volume) -> Volume:
+    """The HU volume on ``config``'s spacing (anti-aliased), smoothed by its ``smoothing_mm``: the one
+    pre-processing of training and inference."""
+    mv = anti_aliased(volume, config.spacing_mm)
+    if config.smoothing_mm <= 0:
+        return mv
+    smoothed = sitk.SmoothingRecursiveGaussian(mv.image, [config.smoothing_mm] * 3)
+    return Volume(sitk.Cast(smoothed, sitk.sitkFloat32), mv.stack, mv.series_instance_uid)
+
+
 def model_volume(loaded: LoadedCtBundle, volume: Volume) -> Volume:
-    """The HU volume on the bundle's spacing (anti-aliased); the source stack stays attached for mapping back."""
-    return anti_aliased(volume, loaded.detector_config.spacing_mm)
+    """The HU volume on the bundle's spacing (anti-aliased, smoothed as configured); the source stack stays
+    attached for mapping back."""
+    return prepare_model_volume(loaded.detector_config, volume)
 
 
 def normalised(array_zyx: np.ndarray, intensity_hu: Sequence[float]) -> np.ndarray:

@@ -30,6 +30,9 @@ class CtDetectorConfig:
     configuration: str = "cpu-small"
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     intensity_hu: tuple[float, float] = (-1024.0, 300.0)
+    # Gaussian sigma (mm) applied to the model volume, in training and inference alike: it brings the noise of
+    # coarse training volumes and of finely sampled, anti-aliased clinical series to one low level (0: none).
+    smoothing_mm: float = 2.0
     block_inplanes: tuple[int, ...] = (8, 16, 32, 64)
     layers: tuple[int, ...] = (1, 1, 1, 1)
     conv1_t_stride: tuple[int, int, int] = (2, 2, 2)
@@ -70,6 +73,7 @@ class CtDetectorConfig:
         return cls(
             configuration=name, spacing_mm=tuple(float(v) for v in values["spacing_mm"]),  # type: ignore[arg-type]
             intensity_hu=tuple(float(v) for v in values["intensity_hu"]),  # type: ignore[arg-type]
+            smoothing_mm=float(values["smoothing_mm"]),
             block_inplanes=ints(values["block_inplanes"]), layers=ints(values["layers"]),
             conv1_t_stride=ints(values["conv1_t_stride"]), conv1_t_size=ints(values["conv1_t_size"]),  # type: ignore[arg-type]
             returned_layers=ints(values["returned_layers"]), fpn_channels=int(values["fpn_channels"]),
@@ -84,7 +88,7 @@ class CtDetectorConfig:
 
 
 LUNA16 = CtDetectorConfig(
-    configuration="luna16", spacing_mm=(0.703125, 0.703125, 1.25), intensity_hu=(-1024.0, 300.0),
+    configuration="luna16", spacing_mm=(0.703125, 0.703125, 1.25), intensity_hu=(-1024.0, 300.0), smoothing_mm=0.0,
     block_inplanes=(64, 128, 256, 512), layers=(3, 4, 6, 3), conv1_t_stride=(2, 2, 1), conv1_t_size=(7, 7, 7),
     returned_layers=(1, 2), fpn_channels=256, base_anchor_shapes=((6, 8, 4), (8, 6, 5), (10, 10, 6)),
     feature_map_scales=(1, 2, 4), size_divisible=(16, 16, 8), infer_patch_size=(512, 512, 192), overlap=0.25,

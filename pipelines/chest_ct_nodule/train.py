@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VERSION = "0.1.0"
 PATCH = (48, 48, 40)  # detector training patch, model voxels (x, y, z): 96 x 96 x 80 mm at 2 mm
 JITTERS = 4
+RANDOM_PATCHES = 4  # per volume and epoch
 N_RESAMPLES = 1000
 CROP_SIZE = 24  # 48 mm cubes at 2 mm: the largest nodules (30 mm) with their surroundings
 
@@ -90,15 +91,15 @@ def demographics(path: Path) -> tuple[float | None, str | None]:
     return None, sex
 
 
-def _cached_volume(item: DatalistItem, cache: Path, spacing: Sequence[float], criteria: SeriesCriteria) -> Volume:
-    key = hashlib.sha1(f"{item.image.resolve()}|{list(spacing)}".encode()).hexdigest()[:16]
+def _cached_volume(item: DatalistItem, cache: Path, cfg: CtDetectorConfig, criteria: SeriesCriteria) -> Volume:
+    key = hashlib.sha1(f"{item.image.resolve()}|{list(cfg.spacing_mm)}|{cfg.smoothing_mm}".encode()).hexdigest()[:16]
     path = cache / f"{key}.npz"
     if not path.is_file():
         try:
             source = load_volume([item.image], criteria)
         except VolumeError as exc:
             raise DatalistError(f"{item.image}: cannot be made into a volume ({exc}); fix or remove the item") from None
-        mv = inference.anti_aliased(source, spacing)
+        mv = inference.prepare_model_volume(cfg, source)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, hu=np.clip(np.rint(mv.array()), -1024, 3071).astype(np.int16),
                             origin=np.asarray(mv.image.GetOrigin()), spacing=np.asarray(mv.image.GetSpacing()),
@@ -113,12 +114,12 @@ def _cached_volume(item: DatalistItem, cache: Path, spacing: Sequence[float], cr
     return Volume(image, stack, "")
 
 
-def read_cases(items: Sequence[DatalistItem], cache: Path, spacing: Sequence[float], desc: str) -> list[CachedCase]:
+def read_cases(items: Sequence[DatalistItem], cache: Path, cfg: CtDetectorConfig, desc: str) -> list[CachedCase]:
     cache.mkdir(parents=True, exist_ok=True)
     criteria = SeriesCriteria.from_mapping(SERIES_SELECTION)
     cases = []
     for item in tqdm(items, desc=desc, unit="series", file=sys.stderr, mininterval=2.0):
-        mv = _cached_volume(item, cache, spacing, criteria)
+        mv = _cached_volume(item, cache, cfg, criteria)
         age, sex = demographics(item.image)
         clinical = item.clinical()
         cases.append(CachedCase(item.patient_id, mv, np.asarray(item.boxes, np.float64).reshape(-1, 6),
@@ -186,7 +187,7 @@ def choose_threshold(found: Sequence[tuple[np.ndarray, np.ndarray]], cases: Sequ
     """Best F1 over a grid of thresholds on the validation volumes."""
     n_truth = sum(len(c.boxes_lps) for c in cases)
     best: dict[str, float] = {}
-    for threshold in np.arange(0.05, 0.951, 0.025):
+    for threshold in np.concatenate([np.arange(0.05, 0.951, 0.025), [0.96, 0.97, 0.98, 0.99]]):
         tp = fp = 0
         for (boxes, scores), case in zip(found, cases):
             a, b = match(boxes, scores, case.boxes_lps, float(threshold))
@@ -210,8 +211,10 @@ def _train_detector(run: _Run, cfg: CtDetectorConfig, train: Sequence[CachedCase
     arrays = [inference.normalised(c.volume.array(), cfg.intensity_hu) for c in train]
     detector = loaded.detector
     network = detector.network
-    # every nodule twice (positives are rare in a volume) and one random patch per volume
-    per_epoch = [(i, k) for i, c in enumerate(train) for k in [*range(len(c.boxes_lps)), *range(len(c.boxes_lps)), None]]
+    # every nodule twice (positives are rare in a volume) and RANDOM_PATCHES anywhere: the whole-volume inference
+    # meets the body wall, spine, heart and vessels, which patches around nodules alone rarely show
+    per_epoch = [(i, k) for i, c in enumerate(train)
+                 for k in [*range(len(c.boxes_lps)), *range(len(c.boxes_lps)), *[None] * RANDOM_PATCHES]]
     batch_size = 6
     steps = max(1, epochs * ((len(per_epoch) + batch_size - 1) // batch_size))
     optimiser = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -431,8 +434,8 @@ def train_from_datalist(
     torch.manual_seed(seed)
     try:
         cache = run.folder / "cache"
-        train_cases = read_cases(datalist.split("training"), cache, det_cfg.spacing_mm, "reading training series")
-        val_cases = read_cases(datalist.split("validation"), cache, det_cfg.spacing_mm, "reading validation series")
+        train_cases = read_cases(datalist.split("training"), cache, det_cfg, "reading training series")
+        val_cases = read_cases(datalist.split("validation"), cache, det_cfg, "reading validation series")
         if not sum(len(c.boxes_lps) for c in train_cases):
             raise DatalistError(f"{datalist.path}: the 'training' list has no nodule boxes; both stages need some")
         t_data = time.perf_counter()
