@@ -144,8 +144,10 @@ def show_bundle(name: str, config: Path = ConfigOption, bundles_dir: Path = Bund
     typer.echo("classes: " + ", ".join(f"{c.get('label', c['meaning'])} = ({c['value']}, {c['scheme_designator']}, "
                                        f"\"{c['meaning']}\")" for c in meta["classes"]))
     inference = read_config(bundle.path)
-    typer.echo(f"detection threshold: {inference.get('detection_threshold')} (configs/inference.json); input "
-               f"{inference.get('input_size')} pixels a side")
+    spacing = inference.get("detector", {}).get("spacing_mm")  # 3D bundles: a volume resampled to this spacing
+    shape = (f"{inference.get('input_size')} pixels a side" if spacing is None
+             else "a volume at " + " x ".join(f"{v:g}" for v in spacing) + " mm")
+    typer.echo(f"detection threshold: {inference.get('detection_threshold')} (configs/inference.json); input {shape}")
     typer.echo(f"data source: {meta.get('data_source', '')}")
     metrics = dict(meta.get("metrics", {}))
     evaluation = metrics.pop("evaluation", None)

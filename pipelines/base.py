@@ -181,8 +181,9 @@ class ExcludedInstance:
 
     sop_instance_uid: str
     # "undecodable" (its pixel data cannot be decoded), "unreadable" (the file cannot be read), "outside-intended-use"
-    # (an attribute outside the pipeline's IntendedUse) or "out-of-distribution" (the model's own check: the image is
-    # unlike its training images)
+    # (an attribute outside the pipeline's IntendedUse), "out-of-distribution" (the model's own check: the image is
+    # unlike its training images) or "series-unusable" (a 3D pipeline cannot make its series into a volume; the
+    # detail starts with the pipelines.common.volume reason code)
     reason: str
     detail: str = ""  # the decoder's words, the attribute and its allowed values, the distance; never identifiers
 

@@ -26,6 +26,7 @@ SHIPPED_BUNDLES = Path(__file__).resolve().parent / "bundles"
 # A bundle's "pipeline" -> the class that runs it, constructed as Class(bundle_dir=..., device=...).
 IMPLEMENTATIONS: Mapping[str, str] = MappingProxyType({
     "radiograph-lesion": "pipelines.radiograph_lesion.pipeline:RadiographLesionPipeline",
+    "chest-ct-nodule": "pipelines.chest_ct_nodule.pipeline:ChestCtNodulePipeline",
 })
 
 

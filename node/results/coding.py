@@ -115,6 +115,9 @@ EXCLUSION_REASON_CODES: dict[str, Code] = {
     "outside-intended-use": Code("AIN042", PRIVATE_SCHEME, "Image outside the algorithm's intended use"),
     # the pipeline's own out-of-distribution check: the image is unlike the images the model was trained on
     "out-of-distribution": Code("AIN043", PRIVATE_SCHEME, "Image unlike the algorithm's training data"),
+    # a 3D pipeline could not make the instance's series into a volume (too few slices, irregular spacing, missing
+    # slices, gantry tilt, more than one stack); the Comment gives pipelines.common.volume's reason code and words
+    "series-unusable": Code("AIN044", PRIVATE_SCHEME, "Series cannot be made into a volume"),
 }
 
 

@@ -28,7 +28,7 @@ OOD_ARRAYS = Path("models/ood.npz")
 CARD = Path("docs/README.md")
 
 # Merged-config keys that go to inference.json; every other key goes to metadata.json.
-INFERENCE_KEYS = ("input_size", "detection_threshold", "detector", "fusion", "ood")
+INFERENCE_KEYS = ("input_size", "detection_threshold", "detector", "fusion", "ood", "series_selection")
 # Our structured intended use lives under this metadata key: MONAI's own "intended_use" is a sentence.
 INTENDED_IMAGES = "intended_images"
 INTENDED_USE_STATEMENT = "intended_use_statement"  # the merged-config key of MONAI's "intended_use" sentence

@@ -4,7 +4,8 @@ The fusion strategy and the lab encoding are config (``FusionConfig``), so a bun
 early (concatenation -> MLP), joint (FiLM: the clinical embedding scales and shifts the image embedding) or late (one
 head per modality, logits mixed by learned weights over the modalities present). Labs go in as a vector (ln-value
 z-scores with a missing flag per LOINC) or as sentences ("ALP elevated: 410 U/L, reference 40-130") encoded by the
-frozen all-MiniLM-L6-v2 that also encodes the note. Missing inputs are never imputed: their values are masked to zero
+frozen all-MiniLM-L6-v2 that also encodes the note. ``spatial_dims`` 3 makes the crop encoder a 3D ResNet (CT
+nodules); ``demographics`` adds the patient's age and sex, each with its own missing flag. Missing inputs are never imputed: their values are masked to zero
 inside the model and the head sees their missing flags; ``prepare_inputs`` is the one way callers (pipeline, training,
 evaluation) build the model's inputs.
 """
@@ -28,6 +29,11 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 LAB_ENCODINGS: tuple[str, ...] = get_args(LabEncoding)
 CLINICAL_INPUTS = ("labs", "notes")  # what can be missing or withheld; the image never is
 MODALITIES = ("image", *CLINICAL_INPUTS)
+# Age and sex: (age z-score, male, age missing, sex missing); the z-score is about a fixed adult mean and sd (not
+# fitted, so a site's bundle reads ages the same way), 65 +- 12 years.
+DEMOGRAPHIC_FEATURES = 4
+DEMOGRAPHIC_DIM = 8
+AGE_MEAN_SD = (65.0, 12.0)
 
 
 class FusionConfigError(ValueError):
@@ -64,6 +70,10 @@ class FusionConfig:
     lab_reference: Mapping[str, LabReference] = field(default_factory=dict)
     # The inputs the head was trained with; the others are treated as missing at inference ("as trained").
     inputs: tuple[str, ...] = MODALITIES
+    # 2: (crop, crop) radiograph crops; 3: (crop, crop, crop) CT crops.
+    spatial_dims: int = 2
+    # Age and sex as a 4-vector (age z-score, male, age missing, sex missing) beside labs and notes.
+    demographics: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -77,6 +87,8 @@ class FusionConfig:
         if unknown or "image" not in self.inputs:
             raise FusionConfigError(f"fusion 'inputs' {list(self.inputs)}: 'image' plus any of "
                                     f"{', '.join(CLINICAL_INPUTS)}")
+        if self.spatial_dims not in (2, 3):
+            raise FusionConfigError(f"fusion 'spatial_dims' {self.spatial_dims}: 2 (image crops) or 3 (volume crops)")
         if self.lab_encoding == "text":
             absent = [loinc for loinc in self.lab_loincs if loinc not in self.lab_reference]
             if absent:
@@ -113,6 +125,8 @@ class FusionConfig:
                 lab_reference={k: LabReference(float(v[0]), float(v[1]), str(v[2]), str(v[3]))
                                for k, v in f.get("lab_reference", {}).items()},
                 inputs=tuple(f.get("inputs", MODALITIES)),
+                spatial_dims=int(f.get("spatial_dims", 2)),
+                demographics=bool(f.get("demographics", False)),
             )
         except KeyError as exc:
             raise FusionConfigError(f"configs/inference.json 'fusion' lacks {exc.args[0]!r}; retrain or "
@@ -123,25 +137,27 @@ class FusionConfig:
 class FusionInputs:
     """One row per lesion crop, as the head takes them. Values behind a missing flag are zero and ignored."""
 
-    crops: np.ndarray  # (n, crop, crop) float32
+    crops: np.ndarray  # (n, crop, crop) or (n, crop, crop, crop) float32
     labs: np.ndarray  # (n, lab values): z-scores per LOINC ("vector") or a sentence embedding ("text")
     lab_missing: np.ndarray  # (n, lab flags): one per LOINC ("vector") or one ("text")
     notes: np.ndarray  # (n, TEXT_DIM)
     note_missing: np.ndarray  # (n,)
+    demographics: np.ndarray | None = None  # (n, 4) when the config reads age and sex (``demographic_vector``)
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
 
     def subset(self, index: np.ndarray) -> FusionInputs:
         return FusionInputs(self.crops[index], self.labs[index], self.lab_missing[index], self.notes[index],
-                            self.note_missing[index])
+                            self.note_missing[index],
+                            None if self.demographics is None else self.demographics[index])
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         """float32 tensors on ``device`` in the order ``LesionClassifier.forward`` takes them."""
-        return tuple(
-            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
-            for a in (self.crops[:, None], self.labs, self.lab_missing, self.notes, self.note_missing)
-        )
+        arrays = [self.crops[:, None], self.labs, self.lab_missing, self.notes, self.note_missing]
+        if self.demographics is not None:
+            arrays.append(self.demographics)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device) for a in arrays)
 
 
 def _embedding_size(config: FusionConfig) -> tuple[int, int]:
@@ -163,7 +179,7 @@ class LesionClassifier(nn.Module):
             block=resnet.ResNetBlock,
             layers=[1, 1, 1, 1],
             block_inplanes=list(config.block_inplanes),
-            spatial_dims=2,
+            spatial_dims=config.spatial_dims,
             n_input_channels=1,
             conv1_t_stride=1,
             conv1_t_size=3,
@@ -172,16 +188,20 @@ class LesionClassifier(nn.Module):
         lab_in, text_in = _embedding_size(config)
         self.labs = nn.Sequential(nn.Linear(lab_in, 16), nn.ReLU())
         self.text = nn.Sequential(nn.Dropout(0.2), nn.Linear(text_in, 16), nn.ReLU())
+        # Created only when the config reads age and sex, so a bundle without them keeps its exact state dict.
+        demo = DEMOGRAPHIC_DIM if config.demographics else 0
+        if demo:
+            self.demographics = nn.Sequential(nn.Linear(DEMOGRAPHIC_FEATURES, DEMOGRAPHIC_DIM), nn.ReLU())
         k = config.num_classes
         if config.strategy == "early":
             self.head = nn.Sequential(
-                nn.ReLU(), nn.Dropout(0.2), nn.Linear(config.image_dim + 32, config.hidden), nn.ReLU(),
+                nn.ReLU(), nn.Dropout(0.2), nn.Linear(config.image_dim + 32 + demo, config.hidden), nn.ReLU(),
                 nn.Linear(config.hidden, k),
             )
         elif config.strategy == "joint":
             # FiLM (Perez et al. 2018): gamma and beta from the clinical embedding; zero-initialised, so training
             # starts from the image-only classifier and learns how labs and notes should shift it.
-            self.film = nn.Linear(32, 2 * config.image_dim)
+            self.film = nn.Linear(32 + demo, 2 * config.image_dim)
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
             self.head = nn.Sequential(
@@ -189,7 +209,8 @@ class LesionClassifier(nn.Module):
                 nn.Linear(config.hidden, k),
             )
         else:
-            self.image_head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(config.image_dim, k))
+            # Age and sex go with the image (always present, with their own missing flags).
+            self.image_head = nn.Sequential(nn.ReLU(), nn.Dropout(0.2), nn.Linear(config.image_dim + demo, k))
             self.lab_head = nn.Linear(16, k)
             self.note_head = nn.Linear(16, k)
             # Learned log-weights of image, labs, notes; softmax over the modalities present.
@@ -197,7 +218,7 @@ class LesionClassifier(nn.Module):
 
     def forward(
         self, crops: torch.Tensor, labs: torch.Tensor, lab_missing: torch.Tensor, text: torch.Tensor,
-        text_missing: torch.Tensor,
+        text_missing: torch.Tensor, demographics: torch.Tensor | None = None,
     ) -> torch.Tensor:
         image = self.image(crops)
         # A flag per value (vector) or one flag for the sentence embedding (text): either way the values behind a
@@ -205,12 +226,20 @@ class LesionClassifier(nn.Module):
         lab = self.labs(torch.cat([labs * (1 - lab_missing[:, : labs.shape[1]] if self.lab_per_value
                                            else 1 - lab_missing[:, :1]), lab_missing], dim=1))
         note = self.text(torch.cat([text * (1 - text_missing[:, None]), text_missing[:, None]], dim=1))
+        extra: list[torch.Tensor] = []
+        if hasattr(self, "demographics"):
+            if demographics is None:
+                raise ValueError("this classifier reads age and sex: pass the demographics (prepare_inputs does)")
+            # Values behind a missing flag are zeroed, like labs and notes.
+            values = demographics[:, :2] * (1 - demographics[:, 2:])
+            extra.append(self.demographics(torch.cat([values, demographics[:, 2:]], dim=1)))
         if self.strategy == "early":
-            return torch.as_tensor(self.head(torch.cat([image, lab, note], dim=1)))
+            return torch.as_tensor(self.head(torch.cat([image, lab, note, *extra], dim=1)))
         if self.strategy == "joint":
-            gamma, beta = self.film(torch.cat([lab, note], dim=1)).chunk(2, dim=1)
+            gamma, beta = self.film(torch.cat([lab, note, *extra], dim=1)).chunk(2, dim=1)
             return torch.as_tensor(self.head(image * (1 + gamma) + beta))
-        logits = torch.stack([self.image_head(image), self.lab_head(lab), self.note_head(note)], dim=1)  # (n, 3, K)
+        logits = torch.stack([self.image_head(torch.cat([image, *extra], dim=1)), self.lab_head(lab),
+                              self.note_head(note)], dim=1)  # (n, 3, K)
         # A modality is absent when all its flags are set: its head gets weight exactly 0 (masked, not imputed).
         absent = torch.stack([torch.zeros_like(text_missing, dtype=torch.bool), lab_missing.min(dim=1).values > 0.5,
                               text_missing > 0.5], dim=1)
@@ -300,13 +329,24 @@ def needs_text_encoder(config: FusionConfig, labs: Sequence[Mapping[str, float]]
         "labs" in shown and config.lab_encoding == "text" and any(set(config.lab_loincs) & set(m) for m in labs))
 
 
+def demographic_vector(age_years: float | None, sex: str | None) -> np.ndarray:
+    """(age z-score, male, age missing, sex missing); a sex other than "M" or "F" counts as missing."""
+    age_known = age_years is not None and math.isfinite(age_years)
+    sex_known = sex in ("M", "F")
+    return np.asarray([(float(age_years) - AGE_MEAN_SD[0]) / AGE_MEAN_SD[1] if age_known else 0.0,  # type: ignore[arg-type]
+                       1.0 if sex == "M" else 0.0, 0.0 if age_known else 1.0, 0.0 if sex_known else 1.0],
+                      dtype=np.float32)
+
+
 def prepare_inputs(
     config: FusionConfig, crops: np.ndarray, labs: Sequence[Mapping[str, float]], notes: Sequence[str | None],
     text_encoder: NoteEncoder | None, withhold: frozenset[str] = frozenset(),
+    ages: Sequence[float | None] | None = None, sexes: Sequence[str | None] | None = None,
 ) -> FusionInputs:
     """The head's inputs for ``n`` crops, with one lab mapping (LOINC -> value in the config's unit) and one note
     per crop. ``withhold`` (a subset of {"labs", "notes"}) marks inputs missing, as do the inputs the bundle was not
-    trained with (``config.inputs``). ``text_encoder`` is needed only when there is text to encode."""
+    trained with (``config.inputs``). ``text_encoder`` is needed only when there is text to encode. ``ages`` and
+    ``sexes`` (one per crop; None: unknown) are read when the config has ``demographics``."""
     n = len(crops)
     if len(labs) != n or len(notes) != n:
         raise ValueError(f"prepare_inputs: {n} crops but {len(labs)} lab sets and {len(notes)} notes; give one of "
@@ -336,8 +376,17 @@ def prepare_inputs(
         note_values, note_missing = encode(texts)
     else:
         note_values, note_missing = np.zeros((n, TEXT_DIM), np.float32), np.ones(n, np.float32)
+    demographics = None
+    if config.demographics:
+        age_list = list(ages) if ages is not None else [None] * n
+        sex_list = list(sexes) if sexes is not None else [None] * n
+        if len(age_list) != n or len(sex_list) != n:
+            raise ValueError(f"prepare_inputs: {n} crops but {len(age_list)} ages and {len(sex_list)} sexes; give "
+                             "one of each per crop")
+        demographics = (np.stack([demographic_vector(a, s_) for a, s_ in zip(age_list, sex_list)]) if n
+                        else np.zeros((0, DEMOGRAPHIC_FEATURES), np.float32))
     return FusionInputs(np.asarray(crops, dtype=np.float32), lab_values.astype(np.float32),
-                        lab_missing.astype(np.float32), note_values, note_missing)
+                        lab_missing.astype(np.float32), note_values, note_missing, demographics)
 
 
 def drop_modalities(inputs: FusionInputs, probability: float, rng: np.random.Generator) -> FusionInputs:

@@ -65,7 +65,7 @@ min_free_percent = 5
 """))
     assert (s.budgets.fhir_seconds, s.budgets.pipeline_seconds, s.budgets.stall_seconds) == (4.0, 90.5, 60.0)
     assert (s.ingest.check_pixels, s.ingest.min_free_mb, s.ingest.min_free_percent) == ("decode", 0.0, 5.0)
-    assert [r.pipeline for r in s.routes] == ["radiograph-lesion"]
+    assert [r.pipeline for r in s.routes] == ["chest-ct-nodule", "radiograph-lesion"]  # one default route per shipped bundle
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,8 @@ def test_the_shipped_example_config_loads() -> None:
     s = load_settings(Path(__file__).resolve().parents[2] / "deploy" / "node.example.toml")
     assert s.ingest.own_results == "ignore" and s.ingest.resent_conflict == "keep-first"
     assert s.watchdog.job_stuck_seconds == 3600 and s.assembly.reopen_debounce_seconds == 2
-    assert [r.pipeline for r in s.routes] == ["radiograph-lesion"] and "BodyPartExamined" in s.routes[0].patterns
+    assert [r.pipeline for r in s.routes] == ["chest-ct-nodule", "radiograph-lesion"]
+    assert all("BodyPartExamined" in r.patterns for r in s.routes)
 
 
 def secret(path: Path, text: str) -> Path:

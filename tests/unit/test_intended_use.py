@@ -140,8 +140,9 @@ def test_problems_never_quote_patient_data() -> None:
 
 
 def test_default_routes_follow_each_pipelines_intended_use(tmp_path: Path) -> None:
-    (route,) = settings(tmp_path).routes  # no [[route]] in the config
-    assert route == intended_use_routes()[0] and route.pipeline == RADIOGRAPH_LESION
+    routes = settings(tmp_path).routes  # no [[route]] in the config: one per shipped bundle
+    assert routes == intended_use_routes() and [r.pipeline for r in routes] == ["chest-ct-nodule", RADIOGRAPH_LESION]
+    route = routes[1]
     rows = {name: row(real(name)) for name in ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm", "MR_small.dcm")}
     rows["phantom"] = row(phantom())
     rows["no body part"] = row(_changed(BodyPartExamined=None))
@@ -154,7 +155,7 @@ def test_default_routes_follow_each_pipelines_intended_use(tmp_path: Path) -> No
 
 
 def test_routing_and_the_pipelines_check_agree_on_every_body_part() -> None:
-    (route,) = intended_use_routes()
+    route = next(r for r in intended_use_routes() if r.pipeline == RADIOGRAPH_LESION)
     values = [*get_anatomic_region_map(), *USE.body_parts, "", "  ", "leg", " Femur ", "FEMUR2", "LOWER LEG", "X"]
     for value in values:
         ds = _changed(BodyPartExamined=value)

@@ -76,8 +76,8 @@ def test_the_shipped_bundle_is_in_monais_layout_and_its_config_round_trips(tmp_p
 def test_a_site_bundle_under_another_name_is_listed_routed_and_loaded_by_name(tmp_path: Path) -> None:
     site = tmp_path / "bundles"
     copy_as("site-bone", site, version="1.0.0", changelog={"1.0.0": "the site's copy"})
-    assert available_pipelines() == ["radiograph-lesion"]
-    assert available_pipelines(site) == ["radiograph-lesion", "site-bone"]
+    assert available_pipelines() == ["chest-ct-nodule", "radiograph-lesion"]
+    assert available_pipelines(site) == ["chest-ct-nodule", "radiograph-lesion", "site-bone"]
     assert pipeline_version("site-bone", site) == "1.0.0"
     assert pipeline_requirements("site-bone", site) == pipeline_requirements("radiograph-lesion")
     with pytest.raises(KeyError, match="site-bone"):
@@ -85,8 +85,8 @@ def test_a_site_bundle_under_another_name_is_listed_routed_and_loaded_by_name(tm
 
     # default routing: every installed bundle by its intended use
     routes = settings(tmp_path, pipelines={"bundles_dir": str(site)}).routes
-    assert [r.pipeline for r in routes] == ["radiograph-lesion", "site-bone"]
-    assert routes[0].patterns == routes[1].patterns
+    assert [r.pipeline for r in routes] == ["chest-ct-nodule", "radiograph-lesion", "site-bone"]
+    assert routes[1].patterns == routes[2].patterns
     # routing by name: accepted at start-up; a name that is not installed is refused, naming the key and the fix
     by_name = parse_settings({"node": {"data_dir": str(tmp_path / "data")}, "pipelines": {"bundles_dir": str(site)},
                               "route": [{"pipeline": "site-bone"}]})
@@ -155,7 +155,8 @@ def test_install_copies_under_the_metadata_name_and_refuses_to_shadow(tmp_path: 
     assert 'pipeline = "site-bone"' in result.output
     assert (site / "site-bone" / bundle_layout.MODEL).is_file() and [p.name for p in site.iterdir()] == ["site-bone"]
     listed = json.loads(runner.invoke(app, ["pipelines", "list", "--json", "--config", str(config)]).output)
-    assert [(r["name"], r["origin"]) for r in listed] == [("radiograph-lesion", "shipped"), ("site-bone", "site")]
+    assert [(r["name"], r["origin"]) for r in listed] == [("chest-ct-nodule", "shipped"),
+                                                          ("radiograph-lesion", "shipped"), ("site-bone", "site")]
 
     again = runner.invoke(app, ["pipelines", "install", str(source), "--config", str(config)])
     assert again.exit_code == 2 and "pass --replace" in again.output

@@ -1,0 +1,100 @@
+"""The model card (docs/README.md) of a chest-ct-nodule bundle, from its merged config. Every figure it states is
+the training run's validation figure with its interval; the held-out evaluation is written by ``evaluate --record``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _figure(value: Mapping[str, Any] | None) -> str:
+    """``0.812 (95% CI 0.701-0.903, n=...)`` from an Estimate's JSON; a figure without an interval is not shown."""
+    if not value or value.get("ci_low") is None or value.get("ci_high") is None or value.get("value") is None:
+        return "not estimated"
+    return f"{value['value']:.3f} (95% CI {value['ci_low']:.3f}-{value['ci_high']:.3f})"
+
+
+def model_card(config: Mapping[str, Any]) -> str:
+    det, fusion, training = config["detector"], config["fusion"], config.get("training", {})
+    metrics = config.get("metrics", {})
+    detection = metrics.get("detection", {})
+    classes = "\n".join(f"| {c['label']} | {c['value']} | {c['scheme_designator']} | {c['meaning']} |"
+                        for c in config["classes"])
+    labs = ", ".join(fusion["lab_loincs"])
+    lines = [
+        f"# {config['name']} {config['version']}",
+        "",
+        "Demonstration model of the DICOM AI node, trained on synthetic chest CT phantoms. **NOT for clinical use.**",
+        "",
+        "## What it does",
+        "",
+        f"Stage 1: MONAI RetinaNet (3D, ResNet + FPN, configuration \"{det['configuration']}\") finds lung nodules on "
+        f"the CT volume resampled to {' x '.join(f'{v:g}' for v in det['spacing_mm'])} mm (anti-aliased), HU "
+        f"{det['intensity_hu'][0]:g}..{det['intensity_hu'][1]:g}. Boxes at or above the operating threshold "
+        f"{config['detection_threshold']:.3f} (best F1 on the validation list) are reported.",
+        "",
+        f"Stage 2: per nodule, a {fusion['crop_size']}^3-voxel cube at the box centre through a small 3D MONAI "
+        f"ResNet, fused ({fusion['strategy']}) with the tumour markers (LOINC {labs}, ng/mL, ln z-scores with "
+        "missing flags), age and sex (each with a missing flag) and a sentence embedding of the notes "
+        "(all-MiniLM-L6-v2). Missing inputs are masked and flagged, never imputed.",
+        "",
+        "## Classes (ICD-O-3 morphology, coding scheme ICDO3)",
+        "",
+        "| label | code | scheme | meaning |",
+        "|---|---|---|---|",
+        classes,
+        "",
+        "IAC (invasive adenocarcinoma) is coded by the NOS adenocarcinoma morphology 8140/3: ICD-O-3.2 has no "
+        "separate code for invasive non-mucinous adenocarcinoma of the lung.",
+        "",
+        "## Intended images",
+        "",
+        "Axial CT of the chest (Body Part Examined CHEST, LUNG, THORAX or empty), original primary series of at least "
+        "16 regularly spaced slices without gantry tilt; the series is chosen as the bundle's `series_selection` "
+        "declares (thinnest slices, then most instances). Other series and images are left out with the reason.",
+        "",
+        "No out-of-distribution check is calibrated for this pipeline (no models/ood.npz): an image inside the "
+        "intended use is analysed whatever it looks like. The series and header checks above are the guard.",
+        "",
+        "## Training",
+        "",
+        "Made with `python -m devtools.synthetic.chest_ct_io` (the shipped 0.1.0: 80 patients, seed 0, rendered on a "
+        "176 x 176 x 140 grid of 2 mm slices by `write_chest_ct_cohort(..., grid=Grid(176, 140, 2.0))`) and "
+        "`dicom-ai-node train chest-ct-nodule --datalist DATALIST --out DIR` with the epochs below.",
+        "",
+        f"Datalist: {training.get('datalist', 'unknown')} ({training.get('datalist_description', '')}). "
+        f"Seed {training.get('seed')}, {training.get('epochs_detector')} detector epochs (epoch "
+        f"{training.get('detector_epoch_kept')} kept, best validation F1), {training.get('epochs_classifier')} "
+        f"classifier epochs (epoch {training.get('classifier_epoch_kept')} kept, lowest validation log loss), device "
+        f"{training.get('device')}, {training.get('seconds', {}).get('total')} s. Split: "
+        f"{metrics.get('split', {})}.",
+        "",
+        "Limitations of the \"cpu-small\" configuration: at 2 mm voxels (smoothed by "
+        f"{det.get('smoothing_mm', 0):g} mm) nodules below about 8 mm span a few voxels and are mostly missed; large "
+        "nodules (about 20 mm and more) are what it finds reliably. The \"luna16\" configuration (MONAI's LUNA16 bundle, "
+        "0.7 x 0.7 x 1.25 mm) is a GPU model; no bundle of it is trained here.",
+        "",
+        "## Validation figures (the training run's validation list)",
+        "",
+        f"{metrics.get('ci', '')}. Detection at threshold {detection.get('threshold')}, a hit when each box's centre "
+        "lies in the other box:",
+        "",
+        f"- sensitivity: {_figure(detection.get('sensitivity'))}",
+        f"- precision: {_figure(detection.get('precision'))}",
+        f"- false positives per volume: {_figure(detection.get('false_positives_per_volume'))}",
+    ]
+    classification = metrics.get("classification", {})
+    for name in ("all_inputs", "image_only"):
+        if name in classification:
+            c = classification[name]
+            lines.append(f"- classification on the true boxes, {name.replace('_', ' ')}: accuracy "
+                         f"{_figure(c.get('accuracy'))}, macro AUC {_figure(c.get('macro_auc'))}")
+    lines += [
+        "",
+        "## Held-out evaluation",
+        "",
+        "Written by `dicom-ai-node evaluate chest-ct-nodule --record` on the datalist's test list (FROC, CPM, macro "
+        "AUC with intervals). Not yet recorded for this version.",
+        "",
+    ]
+    return "\n".join(lines)
