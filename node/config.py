@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.priority import DEFAULT_RULES, PriorityRule, parse_rules
+
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message names the key and the fix."""
@@ -216,6 +218,8 @@ class Settings:
     destinations: tuple[DestinationSettings, ...] = ()
     pipelines: PipelinesSettings = PipelinesSettings()
     web: WebSettings = WebSettings()
+    # [[priority_rule]]: findings -> routine/urgent/asap/stat (node.priority); none in the file: DEFAULT_RULES
+    priority_rules: tuple[PriorityRule, ...] = DEFAULT_RULES
 
 
 ROUTE_KEYWORDS = ("Modality", "BodyPartExamined", "SOPClassUID", "SeriesDescription")
@@ -291,7 +295,7 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     """Validate a parsed TOML document. Relative ``data_dir`` is resolved against ``base_dir``."""
     _known(raw, "top level",
            {"node", "pacs", "fhir", "assembly", "ingest", "outbox", "watchdog", "route", "security", "budgets",
-            "destination", "pipelines", "web"})
+            "destination", "pipelines", "web", "priority_rule"})
     n = _table(raw, "node")
     _known(n, "node", {"ae_title", "host", "port", "data_dir", "http_port", "log_level", "device"})
     data_dir = Path(_get(n, "node", "data_dir", str, "./data"))
@@ -437,7 +441,16 @@ def parse_settings(raw: dict[str, Any], base_dir: Path | None = None, source: Pa
     destinations = _destinations(raw, pacs, outbox, base_dir)
     return Settings(node=node, pacs=pacs, fhir=fhir, assembly=assembly, outbox=outbox, routes=routes, source=source,
                     ingest=ingest, watchdog=watchdog, security=security, budgets=budgets, destinations=destinations,
-                    pipelines=pipelines, web=_web(raw))
+                    pipelines=pipelines, web=_web(raw), priority_rules=_priority_rules(raw))
+
+
+def _priority_rules(raw: dict[str, Any]) -> tuple[PriorityRule, ...]:
+    if "priority_rule" not in raw:
+        return DEFAULT_RULES
+    try:
+        return parse_rules(raw["priority_rule"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
