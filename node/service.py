@@ -112,7 +112,7 @@ class Node:
         self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health,
                              token=security.http.token, ssl_context=http_context(security.http),
                              connection_stats=self.listener.book.stats, gauges=self.gauges,
-                             web=self.settings.web)
+                             web=self.settings.web, priority_rules=self.settings.priority_rules)
         self._spawn("assembler", self._assembler_loop)
         self._spawn("worker", lambda: self._worker_loop(preload))
         for destination in self.settings.destinations:  # one thread each: a destination down never holds up another

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from node.config import WebSettings
 from node.dicom_server import ConnectionStats
+from node.priority import DEFAULT_RULES, PriorityRule
 from node.store import Store
 from node.web import api, pages
 from node.web.auth import AuthMiddleware
@@ -74,12 +75,13 @@ class WebServer:
 def start_web(host: str, port: int, open_store: Callable[[], Store], health: HealthCheck,
               token: str | None = None, ssl_context: ssl.SSLContext | None = None,
               connection_stats: Callable[[], ConnectionStats] | None = None,
-              gauges: Gauges | None = None, web: WebSettings | None = None) -> WebServer:
+              gauges: Gauges | None = None, web: WebSettings | None = None,
+              priority_rules: tuple[PriorityRule, ...] = DEFAULT_RULES) -> WebServer:
     """Serve the web application in a background thread. Without ``token`` the machine endpoints answer anyone
     (the demo's setting); pages always want a logged-in person."""
     context = WebContext(open_store=open_store, health=health,
                          registry=metrics_registry(open_store, health, connection_stats, gauges),
-                         web=web or WebSettings())
+                         web=web or WebSettings(), priority_rules=priority_rules)
     config = uvicorn.Config(create_app(context, token), host=host, port=port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=2, lifespan="off", loop="asyncio")
     config.load()

@@ -11,6 +11,7 @@ from typing import Callable
 from prometheus_client import CollectorRegistry
 
 from node.config import WebSettings
+from node.priority import DEFAULT_RULES, PriorityRule
 from node.store import Store
 from node.web.status import HealthCheck
 from node.web.worklist import PatientHeader, read_patient_header
@@ -43,5 +44,6 @@ class WebContext:
     health: HealthCheck
     registry: CollectorRegistry
     web: WebSettings = WebSettings()
+    priority_rules: tuple[PriorityRule, ...] = DEFAULT_RULES  # [[priority_rule]]: the worklist's order
     headers: HeaderCache = field(default_factory=HeaderCache)
     stopping: threading.Event = field(default_factory=threading.Event)  # ends the event streams at shutdown

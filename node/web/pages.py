@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from node.audit import WEB_LOGIN
+from node.priority import Priority
 from node.web import auth
 from node.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal, Role
 from node.web.context import WebContext
@@ -116,33 +117,43 @@ def logout(request: Request, csrf: str = Form(""), user: Principal = Depends(per
 
 # -- worklist ------------------------------------------------------------------------------------------------------
 
-def _rows(request: Request, status: str | None, modality: str | None) -> list[Any]:
+def _min_priority(priority: str) -> Priority | None:
+    if not priority:
+        return None
+    try:
+        return Priority.parse(priority)
+    except ValueError as exc:
+        raise HTTPException(400, f"priority={exc}") from None
+
+
+def _rows(request: Request, status: str | None, modality: str | None, priority: str = "") -> list[Any]:
     context = _context(request)
     if status and status not in {s.value for s in AiStatus}:
         raise HTTPException(400, f"status={status!r}: use one of {', '.join(s.value for s in AiStatus)}")
     store = context.open_store()
     try:
-        return worklist(store, context.headers, status=status or None, modality=modality or None)
+        return worklist(store, context.headers, status=status or None, modality=modality or None,
+                        rules=context.priority_rules, min_priority=_min_priority(priority))
     finally:
         store.close()
 
 
 @router.get("/", response_class=HTMLResponse)
-def worklist_page(request: Request, status: str = "", modality: str = "",
+def worklist_page(request: Request, status: str = "", modality: str = "", priority: str = "",
                   user: Principal = Depends(person)) -> Response:
-    rows = _rows(request, status, modality)
+    rows = _rows(request, status, modality, priority)
     return templates.TemplateResponse(request, "worklist.html", {
         "user": user, "rows": rows, "status": status, "modality": modality, "statuses": [s.value for s in AiStatus],
-        "now": time.time()})
+        "priority": priority, "priorities": [p.code for p in Priority], "now": time.time()})
 
 
 @router.get("/worklist/rows", response_class=HTMLResponse)
-def worklist_rows(request: Request, status: str = "", modality: str = "",
+def worklist_rows(request: Request, status: str = "", modality: str = "", priority: str = "",
                   user: Principal = Depends(person)) -> Response:
     """The table's rows alone: what the page's script swaps in when the events say something changed."""
-    return templates.TemplateResponse(request, "_rows.html", {"rows": _rows(request, status, modality),
+    return templates.TemplateResponse(request, "_rows.html", {"rows": _rows(request, status, modality, priority),
                                                               "status": status, "modality": modality,
-                                                              "now": time.time()})
+                                                              "priority": priority, "now": time.time()})
 
 
 @router.get("/events")
@@ -187,7 +198,7 @@ def study_page(request: Request, study_uid: str, user: Principal = Depends(perso
             raise HTTPException(404, f"no study {study_uid} on this node: see the worklist at /")
         store.record_opened(study_uid, user.name)
         # the study description from the header; the patient's name and ID stay on the worklist
-        row = dataclasses.replace(worklist_row(store, study, context.headers), patient=None)
+        row = dataclasses.replace(worklist_row(store, study, context.headers, context.priority_rules), patient=None)
         runs: list[dict[str, Any]] = []
         for job in store.jobs(study_uid):
             run = store.current_run(job["job_id"])

@@ -8,13 +8,14 @@ listed whatever its AI did (failed, late, nothing found): the AI only orders the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from node.priority import DEFAULT_RULES, Priority, PriorityDecision, PriorityRule, RankedFinding, decide
 from node.states import JobState, StudyState
 from node.store import Store
 
@@ -27,33 +28,14 @@ class AiStatus(StrEnum):
     FAILED = "failed"  # a pipeline gave up; the reason is its error
 
 
-class Priority(IntEnum):
-    """The AI priority tier, from the class of the study's most probable finding (higher sorts first)."""
-
-    NONE = 0  # no finding, or no result (yet)
-    BENIGN = 1
-    INTERMEDIATE = 2
-    MALIGNANT = 3
-
-
-# SNOMED CT morphology codes by ICD-O behaviour (pipelines/radiograph_lesion/spec.py gives the sources). A class this
-# table does not know ranks as INTERMEDIATE: an unknown finding must not sort below "benign", nor claim "malignant".
-PRIORITY_BY_CODE: dict[tuple[str, str], Priority] = {
-    ("SCT", "3898006"): Priority.BENIGN,  # Neoplasm, benign (/0)
-    ("SCT", "86251006"): Priority.INTERMEDIATE,  # Neoplasm, uncertain whether benign or malignant (/1)
-    ("SCT", "86049000"): Priority.MALIGNANT,  # Malignant neoplasm, primary (/3)
-}
-
-
 @dataclass(frozen=True)
 class TopFinding:
-    """The finding that sets a study's priority: the most probable one of its current results."""
+    """The finding the worklist shows: the one that set the study's priority, else its most probable one."""
 
     class_meaning: str
     probability: float
     pipeline: str
     pipeline_version: str
-    priority: Priority
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class WorklistRow:
     description: str
     status: AiStatus
     reason: str
-    priority: Priority
+    decision: PriorityDecision  # the site's priority rules on the current findings (routine: none matched)
     top_finding: TopFinding | None
     n_findings: int
     result_at: float | None  # the first current result of the study's jobs
@@ -80,29 +62,32 @@ class WorklistRow:
     patient: PatientHeader | None
 
     @property
+    def priority(self) -> Priority:
+        """A study without an AI result (waiting, failed, not analysed) is routine: the AI may raise a study above
+        the rest, never bury one below them."""
+        return self.decision.priority
+
+    @property
     def badge(self) -> str:
         if self.status in (AiStatus.FAILED, AiStatus.NOT_ANALYSED):
             return str(self.status)
-        if self.top_finding is None:
+        if self.n_findings == 0:
             return "no finding" if self.status == AiStatus.DONE else str(self.status)
-        return self.priority.name.lower()
+        return self.priority.code
 
 
-def priority_of(scheme: str, value: str) -> Priority:
-    return PRIORITY_BY_CODE.get((scheme, value), Priority.INTERMEDIATE)
+def ranked(findings: Iterable[dict[str, Any]], versions: dict[str, tuple[str, str]]) -> list[RankedFinding]:
+    """Finding rows of the store, with the pipeline and version of their run (``versions``: run_id -> both)."""
+    return [RankedFinding(f["class_scheme"], f["class_value"], f["class_meaning"], float(f["probability"]),
+                          *versions[f["run_id"]]) for f in findings]
 
 
-def top_finding(findings: Iterable[dict[str, Any]], versions: dict[str, tuple[str, str]]) -> TopFinding | None:
-    """The most probable finding (ties: the higher priority), with the pipeline and version of its run.
-    ``versions`` maps run_id to (pipeline, version)."""
-    best: TopFinding | None = None
-    for f in findings:
-        pipeline, version = versions[f["run_id"]]
-        candidate = TopFinding(f["class_meaning"], float(f["probability"]), pipeline, version,
-                               priority_of(f["class_scheme"], f["class_value"]))
-        if best is None or (candidate.probability, candidate.priority) > (best.probability, best.priority):
-            best = candidate
-    return best
+def top_finding(findings: Sequence[RankedFinding], decision: PriorityDecision) -> TopFinding | None:
+    """The finding that set the priority; when no rule matched, the most probable finding."""
+    chosen = decision.finding or max(findings, key=lambda f: f.probability, default=None)
+    if chosen is None:
+        return None
+    return TopFinding(chosen.class_meaning, chosen.probability, chosen.pipeline, chosen.pipeline_version)
 
 
 def ai_status(study: dict[str, Any], jobs: Sequence[dict[str, Any]]) -> tuple[AiStatus, str]:
@@ -139,8 +124,10 @@ def read_patient_header(path: str) -> PatientHeader | None:
 
 
 def worklist_row(store: Store, study: dict[str, Any],
-                 header: Callable[[str], PatientHeader | None] | None = None) -> WorklistRow:
-    """One study's row; ``header`` reads the patient header of an instance path (None: leave the patient out)."""
+                 header: Callable[[str], PatientHeader | None] | None = None,
+                 rules: Sequence[PriorityRule] = DEFAULT_RULES) -> WorklistRow:
+    """One study's row; ``header`` reads the patient header of an instance path (None: leave the patient out);
+    ``rules`` are the site's priority rules."""
     study_uid = study["study_uid"]
     jobs = store.jobs(study_uid)
     status, reason = ai_status(study, jobs)
@@ -155,7 +142,8 @@ def worklist_row(store: Store, study: dict[str, Any],
         findings += store.findings_of_run(run["run_id"])
         if run["finished_at"] is not None:
             result_times.append(float(run["finished_at"]))
-    top = top_finding(findings, versions)
+    candidates = ranked(findings, versions)
+    decision = decide(candidates, rules)
     instances = store.study_instances(study_uid)
     reads = store.reads(study_uid)
     patient = header(instances[0]["path"]) if header is not None and instances else None
@@ -164,7 +152,7 @@ def worklist_row(store: Store, study: dict[str, Any],
         study_uid=study_uid, arrived_at=study["first_received_at"],
         modalities=tuple(sorted({i["modality"] for i in instances if i["modality"]})),
         description=(patient.study_description if patient and patient.study_description else ", ".join(descriptions)),
-        status=status, reason=reason, priority=top.priority if top is not None else Priority.NONE, top_finding=top,
+        status=status, reason=reason, decision=decision, top_finding=top_finding(candidates, decision),
         n_findings=len(findings), result_at=min(result_times) if result_times else None,
         opened_at=min((r["opened_at"] for r in reads), default=None),
         acknowledged_at=min((r["acknowledged_at"] for r in reads if r["acknowledged_at"]), default=None),
@@ -178,13 +166,17 @@ def ordered(rows: Iterable[WorklistRow]) -> list[WorklistRow]:
 
 
 def worklist(store: Store, header: Callable[[str], PatientHeader | None] | None = None, *,
-             status: str | None = None, modality: str | None = None, limit: int = 500) -> list[WorklistRow]:
-    """Every study (up to ``limit``, the latest), ordered; the filters narrow by AI status and modality."""
-    rows = [worklist_row(store, s, header) for s in store.studies(limit)]
+             status: str | None = None, modality: str | None = None, limit: int = 500,
+             rules: Sequence[PriorityRule] = DEFAULT_RULES, min_priority: Priority | None = None) -> list[WorklistRow]:
+    """Every study (up to ``limit``, the latest), ordered; the filters narrow by AI status, modality and AI priority
+    (``min_priority`` and above)."""
+    rows = [worklist_row(store, s, header, rules) for s in store.studies(limit)]
     if status:
         rows = [r for r in rows if r.status == status]
     if modality:
         rows = [r for r in rows if modality in r.modalities]
+    if min_priority is not None:
+        rows = [r for r in rows if r.priority >= min_priority]
     return ordered(rows)
 
 

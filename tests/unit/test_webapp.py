@@ -5,6 +5,7 @@ overlay, viewer link, the "opened" timer)."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from pathlib import Path
 
@@ -155,8 +156,8 @@ def test_worklist_order_badges_reasons_and_patient(node_db: Path) -> None:
     page = c.get("/").text
     order = re.findall(r'data-study-uid="([^"]+)" data-priority="([^"]+)" data-status="([^"]+)"', page)
     # malignant first although it arrived second; then by arrival; the failed and unrouted studies stay listed
-    assert order == [("2.2.2", "malignant", "done"), ("1.1.1", "none", "done"), ("3.3.3", "none", "failed"),
-                     ("4.4.4", "none", "not analysed")]
+    assert order == [("2.2.2", "urgent", "done"), ("1.1.1", "routine", "done"), ("3.3.3", "routine", "failed"),
+                     ("4.4.4", "routine", "not analysed")]
     assert "Malignant neoplasm, primary" in page and "p = 0.90; p 1.0; 2 findings" in page
     assert "CUDA out of memory" in page
     assert "badge-no-finding" in page and "badge-failed" in page and "badge-not-analysed" in page
@@ -165,6 +166,11 @@ def test_worklist_order_badges_reasons_and_patient(node_db: Path) -> None:
     failed_only = c.get("/worklist/rows?status=failed").text
     assert "3.3.3" in failed_only and "2.2.2" not in failed_only
     assert "No study matches" in c.get("/worklist/rows?modality=MR").text
+    assert 'urgent: rule "malignant, likely"' in html.unescape(page)  # the site rule that set the priority
+    urgent_only = c.get("/worklist/rows?priority=urgent").text
+    assert "2.2.2" in urgent_only and "1.1.1" not in urgent_only
+    bad = c.get("/worklist/rows?priority=soon")
+    assert bad.status_code == 400 and "routine, urgent, asap, stat" in bad.text
     assert c.get("/worklist/rows?status=bogus").status_code == 400
     api = client(node_db).get("/api/studies", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert "SYN-22" not in api and "Synthetic" not in api

@@ -122,7 +122,7 @@ def test_worklist_live_order_badges_and_screenshots(node: InProcessNode, tmp_pat
             expect(failed_row.locator(".badge")).to_have_text("failed")
             expect(failed_row.locator(".reason")).to_contain_text("the test's pipeline fails on purpose")
             assert storescu(node.port, lesion).returncode == 0
-            expect(page.locator(f'tr[data-study-uid="{lesion_uid}"] .badge')).to_have_text("malignant")
+            expect(page.locator(f'tr[data-study-uid="{lesion_uid}"] .badge')).to_have_text("urgent")
 
             uids = page.locator("#rows tr").evaluate_all("rows => rows.map(r => r.dataset.studyUid)")
             # the malignant study above the ones with none, whatever the arrival order; the failed one stays listed
