@@ -199,6 +199,10 @@ class WebSettings:
     # "https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}"; None: no viewer link
     viewer_url: str | None = None
     session_hours: float = 12.0  # a login lasts this long
+    # after this many wrong passwords for one account within login_lockout_minutes, its logins are refused (429)
+    # until the window has passed; one address gets four times as many tries over all accounts
+    login_max_failures: int = 5
+    login_lockout_minutes: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -669,12 +673,14 @@ def _security(raw: dict[str, Any], node: NodeSettings, base_dir: Path | None) ->
 
 def _web(raw: dict[str, Any]) -> WebSettings:
     w = _table(raw, "web")
-    _known(w, "web", {"viewer_url", "session_hours"})
+    _known(w, "web", {"viewer_url", "session_hours", "login_max_failures", "login_lockout_minutes"})
     viewer_url = _get(w, "web", "viewer_url", str, None)
     if viewer_url is not None and (not viewer_url.startswith(("http://", "https://")) or "{study_uid}" not in viewer_url):
         raise ConfigError(f"web.viewer_url = {viewer_url!r} must be an http(s) URL with {{study_uid}} in it, e.g. "
                           "\"https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}\"")
-    return WebSettings(viewer_url=viewer_url, session_hours=_positive(w, "web", "session_hours", float, 12.0))
+    return WebSettings(viewer_url=viewer_url, session_hours=_positive(w, "web", "session_hours", float, 12.0),
+                       login_max_failures=_positive(w, "web", "login_max_failures", int, 5),
+                       login_lockout_minutes=_positive(w, "web", "login_lockout_minutes", float, 15.0))
 
 
 def load_settings(path: Path) -> Settings:

@@ -225,6 +225,8 @@ class Store:
         self.db["outbox"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["findings"].create_index(["run_id"], if_not_exists=True)  # type: ignore[union-attr]
         self.db["study_reads"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
+        # the login throttle counts recent failures on every login
+        self.db["audit"].create_index(["kind", "ts"], if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.db.conn.close()
@@ -903,6 +905,17 @@ class Store:
             return list(self.db.query("SELECT * FROM audit WHERE ts >= ? ORDER BY audit_id", [since]))
         return list(self.db.query("SELECT * FROM audit WHERE ts >= ? AND kind = ? ORDER BY audit_id", [since, kind]))
 
+
+    def failed_logins(self, kind: str, since: float, actor: str | None = None, source: str | None = None) -> int:
+        """Failed logins (audit rows of ``kind`` with an outcome other than success) since ``since``, and since the
+        last success of the same actor (or source): a person who got in starts again from nothing."""
+        column, value = ("actor", actor) if actor is not None else ("source", source or "")
+        last_ok = self.db.execute(
+            f"SELECT MAX(ts) FROM audit WHERE kind = ? AND ts >= ? AND {column} = ? AND outcome = 'success'",
+            [kind, since, value]).fetchone()[0]
+        return self._scalar(
+            f"SELECT COUNT(*) FROM audit WHERE kind = ? AND ts >= ? AND {column} = ? AND outcome = 'wrong-credentials'",
+            [kind, max(since, float(last_ok or 0.0)), value])
 
     # -- health (read-only: what /healthz asks) -------------------------------------------------------------------
 

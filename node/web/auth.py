@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from starlette.requests import HTTPConnection
 
+from node.audit import WEB_LOGIN
 from node.store import Store
 
 SESSION_COOKIE = "ainode_session"
@@ -92,6 +93,17 @@ def login(store: Store, username: str, password: str) -> bool:
 
 
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(8))
+
+SOURCE_FAILURE_FACTOR = 4  # one address may fail this many times the per-account limit (shared NAT, many users)
+
+
+def login_throttled(store: Store, username: str, source: str, max_failures: int, window_seconds: float,
+                    now: float) -> bool:
+    """True when the account, or the address asking, has failed too often within the window: the login is refused
+    without checking the password. The counts come from the audit trail, so a restart forgets nothing."""
+    since = now - window_seconds
+    return (store.failed_logins(WEB_LOGIN, since, actor=username[:64]) >= max_failures
+            or store.failed_logins(WEB_LOGIN, since, source=source) >= max_failures * SOURCE_FAILURE_FACTOR)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -85,11 +85,18 @@ def login_submit(request: Request, username: str = Form(""), password: str = For
     if not csrf or not expected or not secrets.compare_digest(csrf, expected):
         return _login_form(request, next, "The form expired: please log in again.", 403)
     context = _context(request)
+    source = request.client.host if request.client else ""
     store = context.open_store()
     try:
+        window = context.web.login_lockout_minutes * 60
+        if auth.login_throttled(store, username, source, context.web.login_max_failures, window, time.time()):
+            store.audit(WEB_LOGIN, "throttled", actor=username[:64], source=source)
+            response = _login_form(request, next, "Too many failed logins: try again in "
+                                   f"{context.web.login_lockout_minutes:g} minutes, or ask an admin.", 429)
+            response.headers["Retry-After"] = str(int(window))
+            return response
         ok = auth.login(store, username, password)
-        store.audit(WEB_LOGIN, "success" if ok else "wrong-credentials", actor=username[:64],
-                    source=request.client.host if request.client else "")
+        store.audit(WEB_LOGIN, "success" if ok else "wrong-credentials", actor=username[:64], source=source)
         if not ok:
             return _login_form(request, next, "Unknown user name or wrong password.", 401)
         token = auth.new_session(store, username, context.web.session_hours, time.time())

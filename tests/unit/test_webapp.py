@@ -128,6 +128,38 @@ def test_login_failures_and_csrf(node_db: Path) -> None:
     assert forged.status_code == 403 and "ainode_session" not in forged.headers.get("set-cookie", "")
 
 
+def test_repeated_wrong_passwords_lock_the_account_for_the_window_and_success_resets(node_db: Path) -> None:
+    c = client(node_db)
+
+    def attempt(name: str, password: str) -> int:
+        form = c.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        r = c.post("/login", data={"username": name, "password": password, "csrf": csrf.group(1)})
+        return r.status_code
+
+    assert [attempt("adam", "wrong-password") for _ in range(4)] == [401] * 4
+    assert attempt("adam", "admin-password") == 303  # a success starts the count again
+    assert [attempt("rita", "wrong-password") for _ in range(5)] == [401] * 5
+    form = c.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None
+    locked = c.post("/login", data={"username": "rita", "password": "reader-password", "csrf": csrf.group(1)})
+    assert locked.status_code == 429 and "Too many failed logins" in locked.text
+    assert int(locked.headers["retry-after"]) == 900 and "ainode_session" not in locked.headers.get("set-cookie", "")
+    assert attempt("adam", "admin-password") == 303  # another account is not locked with it
+    store = Store(node_db)
+    try:
+        from node.audit import WEB_LOGIN
+        assert [r["outcome"] for r in store.audit_records(kind=WEB_LOGIN)][-2:] == ["throttled", "success"]
+        # the window passes: the stored failures are 16 minutes old
+        store.db.execute("UPDATE audit SET ts = ts - 960")
+        store.db.conn.commit()
+    finally:
+        store.close()
+    assert attempt("rita", "reader-password") == 303
+
+
 def test_reader_cannot_reach_admin_and_logout_ends_the_session(node_db: Path) -> None:
     reader = logged_in(node_db, "rita", "reader-password")
     assert reader.get("/").status_code == 200
