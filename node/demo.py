@@ -138,7 +138,8 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
             print(f"worklist:       http://127.0.0.1:{http_port}/  (user 'demo', password '{password}')")
             print(f"Orthanc (PACS): {pacs.url}/app/explorer.html  DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}")
             print(f"FHIR engine:    {fhir.base_url}")
-            print(f"node:           DICOM {NODE_AE}@127.0.0.1:{node_port}, status http://127.0.0.1:{http_port}/api/studies")
+            print(f"node:           DICOM {NODE_AE}@127.0.0.1:{node_port}, status http://127.0.0.1:{http_port}/api/studies "
+                  f"(Authorization: Bearer <{node.data_dir / 'api-token'}>)")
             print("loading the pipeline ...")
             node.pipelines_ready.wait(timeout=300)
             ids = {pacs.upload(path)["ParentStudy"] for path in case.files}

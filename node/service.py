@@ -30,6 +30,7 @@ from node.store import Store
 from node.tls import http_context
 from node.watchdog import Watchdog
 from node.web import WebServer, start_web
+from node.web.auth import ensure_api_token
 from node.worker import Worker
 from pipelines.base import Pipeline
 
@@ -108,9 +109,15 @@ class Node:
             ingest=self.settings.ingest,
         )
         security = self.settings.security
+        token = security.http.token
+        if token is None:  # every endpoint but /healthz is behind a login or a token: the node makes its own
+            token_path, token, made = ensure_api_token(self.data_dir)
+            log.log(logging.WARNING if made else logging.INFO,
+                    "API token for /api and /metrics: %s %s (set [security.http] token_file to choose one)",
+                    "made at" if made else "read from", token_path)
         self.listener = start_listener(self.settings.node, deps, security)
         self.web = start_web(self.settings.node.host, self.settings.node.http_port, self.open_store, self.health,
-                             token=security.http.token, ssl_context=http_context(security.http),
+                             token=token, ssl_context=http_context(security.http),
                              connection_stats=self.listener.book.stats, gauges=self.gauges,
                              web=self.settings.web, priority_rules=self.settings.priority_rules)
         self._spawn("assembler", self._assembler_loop)

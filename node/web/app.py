@@ -77,8 +77,8 @@ def start_web(host: str, port: int, open_store: Callable[[], Store], health: Hea
               connection_stats: Callable[[], ConnectionStats] | None = None,
               gauges: Gauges | None = None, web: WebSettings | None = None,
               priority_rules: tuple[PriorityRule, ...] = DEFAULT_RULES) -> WebServer:
-    """Serve the web application in a background thread. Without ``token`` the machine endpoints answer anyone
-    (the demo's setting); pages always want a logged-in person."""
+    """Serve the web application in a background thread. The machine endpoints want ``token`` (None: only a
+    logged-in person gets them); pages always want a logged-in person."""
     context = WebContext(open_store=open_store, health=health,
                          registry=metrics_registry(open_store, health, connection_stats, gauges),
                          web=web or WebSettings(), priority_rules=priority_rules)
@@ -96,7 +96,7 @@ def start_web(host: str, port: int, open_store: Callable[[], Store], health: Hea
         raise OSError(f"the web application did not start on {host}:{port} (is node.http_port in use?)")
     log.info("web application on %s://%s:%d (/, /healthz, /metrics, /api/studies; %s)",
              "https" if ssl_context is not None else "http", host, web_server.port,
-             "API token required but for /healthz" if token else "no API token: /api and /metrics open to anyone "
-             "who reaches the port")
+             "API token required but for /healthz" if token else "no API token: /api and /metrics for logged-in "
+             "people only")
     return web_server
 

@@ -1,9 +1,10 @@
 """Who is asking: people by a session cookie (local accounts, argon2id hashes, roles reader/admin), machines by the
 configured bearer token. The ASGI middleware here guards every path but /healthz, /login and /static.
 
-Pages answer an unauthenticated request with a redirect to /login, everything else with 401. With no token
-configured the machine endpoints (/api/*, /metrics) stay open, as they were before people could log in (the
-demo's setting; the node logs it at start). Sessions live in the store: logout and a password change end them.
+Pages answer an unauthenticated request with a redirect to /login, everything else with 401. The machine endpoints
+(/api/*, /metrics) want the token or a logged-in person; a node without ``[security.http] token_file`` makes its own
+token at first start (``ensure_api_token``: data_dir/api-token, readable by its owner only). Sessions live in the
+store: logout and a password change end them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Awaitable, Callable, MutableMapping
 from urllib.parse import quote
 
@@ -94,6 +97,28 @@ def login(store: Store, username: str, password: str) -> bool:
 
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(8))
 
+API_TOKEN_FILE = "api-token"
+
+
+def ensure_api_token(data_dir: Path) -> tuple[Path, str, bool]:
+    """The node's own API token when the config names none: read from ``data_dir/api-token``, or made there (64 hex
+    characters, mode 0600) at first start. Returns the file, the token and whether it was made now."""
+    path = data_dir / API_TOKEN_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text(encoding="utf-8").strip()
+        if len(token) < 16 or any(c.isspace() for c in token):
+            raise ValueError(f"{path}: not a token the node made (one word of 16+ characters); delete the file and "
+                             f"the node makes a new one at start") from None
+        return path, token, False
+    token = secrets.token_hex(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path, token, True
+
 SOURCE_FAILURE_FACTOR = 4  # one address may fail this many times the per-account limit (shared NAT, many users)
 
 
@@ -149,7 +174,7 @@ class AuthMiddleware:
         page = path == "/" or path.startswith(PAGE_PREFIXES)
         people = page or path.startswith(PEOPLE_PREFIXES)
         person = principal is not None and principal.role is not None
-        if (people and person) or (not people and (principal is not None or self.expected is None)):
+        if (people and person) or (not people and principal is not None):
             scope.setdefault("state", {})["principal"] = principal
             await self.app(scope, receive, send)
         elif page and principal is None:

@@ -32,6 +32,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def api_headers(data_dir: Path) -> dict[str, str]:
+    """``Authorization`` for /api and /metrics of a node without [security.http] token_file: it makes its own."""
+    return {"Authorization": f"Bearer {(data_dir / 'api-token').read_text().strip()}"}
+
+
 class NodeProcess:
     """``dicom-ai-node serve`` in a subprocess, configured against the given peers."""
 
@@ -80,8 +85,13 @@ class NodeProcess:
             return False
         return r.status_code == 200
 
+    def api_headers(self) -> dict[str, str]:
+        """The bearer token the node made for itself at first start (data_dir/api-token)."""
+        return api_headers(self.workdir / "data")
+
     def api_studies(self) -> list[dict[str, Any]]:
-        return list(httpx.get(f"http://127.0.0.1:{self.http_port}/api/studies", timeout=5).json())
+        return list(httpx.get(f"http://127.0.0.1:{self.http_port}/api/studies", headers=self.api_headers(),
+                              timeout=5).json())
 
     def study_status(self, study_uid: str) -> str | None:
         for s in self.api_studies():
@@ -180,6 +190,9 @@ class InProcessNode:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def api_headers(self) -> dict[str, str]:
+        return api_headers(self.db.parent)
 
     def store(self) -> Any:
         from node.store import Store

@@ -238,7 +238,7 @@ def test_status_endpoints_and_command(node: NodeProcess, cases: dict[int, DemoCa
     wait_for(lambda: node.study_status(cases[11].study_instance_uid) is not None, 10, "the study in /api/studies")
     health = httpx.get(f"http://127.0.0.1:{node.http_port}/healthz").json()
     assert health["ok"] is True
-    metrics = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics").text
+    metrics = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", headers=node.api_headers()).text
     assert 'ainode_instances 1.0' in metrics
     out = subprocess.run([sys.executable, "-m", "node.cli", "status", "--config", str(node.config), "--json"],
                          capture_output=True, text=True, check=True)

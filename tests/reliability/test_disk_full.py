@@ -126,13 +126,13 @@ def test_the_watermark_refuses_before_the_disk_is_full(tmp_path: Path, pacs: Ort
         assert health.status_code == 503, health.text
         reason = health.json()["checks"]["disk_space"]
         assert "below the watermark of 3.0 MB" in reason
-        metrics = httpx.get(f"{base}/metrics").text
+        metrics = httpx.get(f"{base}/metrics", headers=node.api_headers()).text
         assert "ainode_spool_low_space 1.0" in metrics and 'ainode_health_check{check="disk_space"} 0.0' in metrics
 
         filler.unlink()
         second.unlink()
         assert httpx.get(f"{base}/healthz").status_code == 200
-        assert "ainode_spool_low_space 0.0" in httpx.get(f"{base}/metrics").text
+        assert "ainode_spool_low_space 0.0" in httpx.get(f"{base}/metrics", headers=node.api_headers()).text
         again = storescu(node.port, files)
         assert again.returncode == 0, again.stderr
         assert spool_state(node, small_spool)[0] == len(files)

@@ -101,7 +101,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 
 def closed_by_node(node: NodeProcess) -> dict[str, int]:
-    text = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10).text
+    text = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", headers=node.api_headers(), timeout=10).text
     return {m[0]: int(float(m[1])) for m in re.findall(r'ainode_dicom_connections_closed_total\{reason="([^"]+)"\} (\S+)', text)}
 
 

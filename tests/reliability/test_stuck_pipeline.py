@@ -76,7 +76,7 @@ def test_a_stuck_pipeline_fails_its_run_the_queue_moves_and_healthz_says_so(tmp_
         reason = checks["pipeline_threads"]
         assert reason.startswith(f"1 pipeline run(s) past their budget still executing (pipeline {pipeline.name}")
         assert [name for name, value in checks.items() if value is not True] == ["pipeline_threads"]
-        metrics = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics").text
+        metrics = httpx.get(f"http://127.0.0.1:{node.http_port}/metrics", headers=node.api_headers()).text
         assert "ainode_pipeline_runs_abandoned 1.0" in metrics
 
         pipeline.release.set()

@@ -13,6 +13,9 @@ from node.store import JobPlan, Store
 from node.web import start_web
 from test_store import inst
 
+TOKEN = "k" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 def test_endpoints(tmp_path: Path) -> None:
     db = tmp_path / "node.db"
@@ -23,7 +26,8 @@ def test_endpoints(tmp_path: Path) -> None:
     checks: dict[str, bool | str] = {"database": True, "worker": False}
     port = free_port()
     gauges = {"ainode_spool_free_bytes": ("bytes free", 1234.0)}
-    server = start_web("127.0.0.1", port, lambda: Store(db), lambda: dict(checks), gauges=lambda: gauges)
+    server = start_web("127.0.0.1", port, lambda: Store(db), lambda: dict(checks), gauges=lambda: gauges,
+                       token=TOKEN)
     try:
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/healthz").status_code == 503
@@ -32,20 +36,20 @@ def test_endpoints(tmp_path: Path) -> None:
         checks["queue_moving"] = "a job has waited 400 s to be claimed"
         degraded = httpx.get(f"{base}/healthz")
         assert degraded.status_code == 503 and degraded.json()["checks"]["queue_moving"].startswith("a job has")
-        assert 'ainode_health_check{check="queue_moving"} 0.0' in httpx.get(f"{base}/metrics").text
+        assert 'ainode_health_check{check="queue_moving"} 0.0' in httpx.get(f"{base}/metrics", headers=AUTH).text
         del checks["queue_moving"]
-        studies = httpx.get(f"{base}/api/studies").json()
+        studies = httpx.get(f"{base}/api/studies", headers=AUTH).json()
         assert studies[0]["study_uid"] == "1.2.3" and studies[0]["status"] == "processing"
         job = studies[0]["jobs"][0]
         assert job["state"] == "running" and studies[0]["completed_reason"] == "no new instance for 10 s"
         assert job["runs"][0]["covers"] == ["1.1"] and job["runs"][0]["state"] == "running"
         assert studies[0]["reason"] == "processing: p" and job["reason"] == "running (1)"
-        assert "SYN-1" not in httpx.get(f"{base}/api/studies").text
-        metrics = httpx.get(f"{base}/metrics").text
+        assert "SYN-1" not in httpx.get(f"{base}/api/studies", headers=AUTH).text
+        metrics = httpx.get(f"{base}/metrics", headers=AUTH).text
         assert 'ainode_jobs{state="running"} 1.0' in metrics
         assert "ainode_job_inference_seconds_bucket" in metrics
         assert 'ainode_health_check{check="database"} 1.0' in metrics and "ainode_spool_free_bytes 1234.0" in metrics
-        assert httpx.get(f"{base}/nope").status_code == 404
+        assert httpx.get(f"{base}/nope", headers=AUTH).status_code == 404
     finally:
         server.shutdown()
 
@@ -103,9 +107,9 @@ def test_metrics_count_deliveries_per_destination(tmp_path: Path) -> None:
                                      DeliveryRoute("archive", frozenset({"sr"}))])
     store.outbox_sent("archive/9.1")
     port = free_port()
-    server = start_web("127.0.0.1", port, lambda: Store(tmp_path / "db"), lambda: {"database": True})
+    server = start_web("127.0.0.1", port, lambda: Store(tmp_path / "db"), lambda: {"database": True}, token=TOKEN)
     try:
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=AUTH).text
         assert 'ainode_deliveries{destination="pacs",state="pending"} 2.0' in metrics
         assert 'ainode_deliveries{destination="archive",state="sent"} 1.0' in metrics
     finally:

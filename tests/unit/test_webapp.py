@@ -225,12 +225,24 @@ def test_study_page_findings_overlay_viewer_and_opened(node_db: Path) -> None:
     assert "No finding." in c.get("/study/1.1.1").text
 
 
-def test_machine_endpoints_stay_open_without_a_token(node_db: Path) -> None:
-    """The demo's setting, as before: no token configured, /api/studies and /metrics answer; pages still want a
-    person."""
-    c = client(node_db, token=None)
+def test_without_a_token_the_machine_endpoints_want_a_person(node_db: Path) -> None:
+    """No open mode: without a token (the node always has one: its own, when the config names none) /api/studies and
+    /metrics answer 401 to a stranger and 200 to a logged-in person."""
+    assert client(node_db, token=None).get("/api/studies").status_code == 401
+    assert client(node_db, token=None).get("/metrics").status_code == 401
+    c = logged_in(node_db, "rita", "reader-password", token=None)
     assert c.get("/api/studies").status_code == 200 and c.get("/metrics").status_code == 200
-    assert c.get("/").status_code == 303
+
+
+def test_a_node_without_token_file_makes_its_own_token_once(tmp_path: Path) -> None:
+    from node.web.auth import ensure_api_token
+
+    path, token, made = ensure_api_token(tmp_path)
+    assert made and len(token) == 64 and path.stat().st_mode & 0o777 == 0o600
+    assert ensure_api_token(tmp_path) == (path, token, False)  # the same token after a restart
+    path.write_text("x\n")
+    with pytest.raises(ValueError, match="delete the file"):
+        ensure_api_token(tmp_path)
 
 
 def test_web_config_names_the_fix(tmp_path: Path) -> None:
