@@ -1,8 +1,8 @@
 """The audit trail: what the node records about who touched which data, and its export as FHIR AuditEvents.
 
 Recorded (table ``audit`` in the node's database): every association (calling AE, address, accepted or rejected,
-instances stored), every read of patient data from the EHR, every result object sent, and the configuration
-the node started with (and whether it changed). Built with fhir.resources (R4B), coded with DICOM's audit
+instances stored), every read of patient data from the EHR, every result object sent, the configuration
+the node started with (and whether it changed), logins, and every reader's feedback on an AI result. Built with fhir.resources (R4B), coded with DICOM's audit
 vocabulary (DCM 110100-series, as ATNA/IHE use it) and FHIR's audit-event-type for REST reads.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
+from node.feedback import AUDIT_KIND
 from node.store import Store
 
 ASSOCIATION = "association"
@@ -25,6 +26,9 @@ RESULT_SENT = "result-sent"
 CONFIGURATION = "configuration"
 EXPORT = "research-export"  # node.export writes it
 WEB_LOGIN = "web-login"  # node.web.pages writes it: a person logging in to the web application, or failing to
+# Store.record_feedback writes it with the feedback row: who (actor), the verdict (outcome), the finding and pipeline
+# (detail); the reason's free text stays in the feedback table
+FEEDBACK = AUDIT_KIND
 
 _DCM = "http://dicom.nema.org/resources/ontology/DCM"
 _EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -36,6 +40,8 @@ _TYPES: dict[str, tuple[dict[str, str], str]] = {
     CONFIGURATION: ({"system": _DCM, "code": "110100", "display": "Application Activity"}, "E"),
     EXPORT: ({"system": _DCM, "code": "110106", "display": "Export"}, "R"),
     WEB_LOGIN: ({"system": _DCM, "code": "110114", "display": "User Authentication"}, "E"),
+    # a reader's verdict adds to the record of the procedure (the reading of the study)
+    FEEDBACK: ({"system": _DCM, "code": "110111", "display": "Procedure Record"}, "C"),
 }
 _SECURITY_ALERT = {"system": _DCM, "code": "110113", "display": "Security Alert"}
 # AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure
@@ -68,7 +74,7 @@ def to_audit_event(row: dict[str, Any], node_ae: str) -> AuditEvent:
         event_type = _SECURITY_ALERT
     detail = json.loads(row["detail"] or "{}")
     recorded = dt.datetime.fromtimestamp(float(row["ts"]), tz=dt.timezone.utc).isoformat()
-    incoming = row["kind"] == ASSOCIATION
+    incoming = row["kind"] in (ASSOCIATION, FEEDBACK)  # the peer, or the reader, asked; else the node acted
     agents: list[dict[str, Any]] = [
         {"who": {"display": row["actor"] or "unknown"}, "requestor": incoming,
          "network": {"address": row["source"], "type": "1"} if row["source"] and incoming else None},

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import sqlite_utils
 
+from node.feedback import AUDIT_KIND as FEEDBACK_AUDIT_KIND
+from node.feedback import FeedbackError, FeedbackRate, FeedbackRecord, Verdict, checked_reason, parse_verdict, rates
 from node.states import (
     FINAL_STUDY_STATES, UNFINISHED_JOB_STATES, JobState, RunState, StudyState, job_sources, study_sources,
 )
@@ -99,10 +101,18 @@ _SCHEMA: dict[str, tuple[dict[str, Any], str]] = {
          "frame_number": int},
         "finding_id",
     ),
-    # When a person first opened a study's page, and (later: feedback) acknowledged its AI result.
+    # When a person first opened a study's page, and first acknowledged its AI result (record_feedback).
     "study_reads": (
         {"read_id": str, "study_uid": str, "username": str, "opened_at": float, "acknowledged_at": float},
         "read_id",
+    ),
+    # Readers' verdicts on the AI's results (node.feedback), never updated: a reader's latest verdict on a finding
+    # counts. tracking_uid/tracking_id are NULL for study-level feedback (acknowledged); run_id and pipeline are
+    # NULL only for an acknowledgement of a study without results.
+    "feedback": (
+        {"feedback_id": int, "study_uid": str, "run_id": str, "tracking_uid": str, "tracking_id": str,
+         "pipeline": str, "pipeline_version": str, "verdict": str, "reason": str, "username": str, "ts": float},
+        "feedback_id",
     ),
     # People who log in to the web application; password_hash is argon2id (node.web.auth), role reader or admin.
     "users": (
@@ -227,6 +237,7 @@ class Store:
         self.db["study_reads"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
         # the login throttle counts recent failures on every login
         self.db["audit"].create_index(["kind", "ts"], if_not_exists=True)  # type: ignore[union-attr]
+        self.db["feedback"].create_index(["study_uid"], if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.db.conn.close()
@@ -895,10 +906,14 @@ class Store:
     def audit(self, kind: str, outcome: str, *, actor: str = "", source: str = "", study_uid: str = "",
               detail: dict[str, Any] | None = None, now: float | None = None) -> None:
         with self.transaction():
-            self.db["audit"].insert(  # type: ignore[union-attr]
-                {"ts": time.time() if now is None else now, "kind": kind, "outcome": outcome, "actor": actor,
-                 "source": source, "study_uid": study_uid, "detail": json.dumps(detail or {}, sort_keys=True)}
-            )
+            self._audit(kind, outcome, actor, source, study_uid, detail, time.time() if now is None else now)
+
+    def _audit(self, kind: str, outcome: str, actor: str, source: str, study_uid: str,
+               detail: dict[str, Any] | None, now: float) -> None:
+        self.db["audit"].insert(  # type: ignore[union-attr]
+            {"ts": now, "kind": kind, "outcome": outcome, "actor": actor, "source": source, "study_uid": study_uid,
+             "detail": json.dumps(detail or {}, sort_keys=True)}
+        )
 
     def audit_records(self, since: float = 0.0, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
@@ -1016,6 +1031,77 @@ class Store:
 
     def reads(self, study_uid: str) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM study_reads WHERE study_uid = ? ORDER BY opened_at", [study_uid]))
+
+    # -- feedback on the AI's results (node.feedback) --------------------------------------------------------------
+
+    def record_feedback(self, study_uid: str, verdict: Verdict, username: str, *, finding_id: str | None = None,
+                        reason: str = "", source: str = "", now: float | None = None) -> list[FeedbackRecord]:
+        """Record a verdict, its audit record and (acknowledged) the reader's acknowledgement, in one transaction.
+
+        A finding (``finding_id`` from the findings table) is confirmed or dismissed; a study is acknowledged, once
+        per current run of its jobs (one row each, so every pipeline's result counts as seen), or once without a
+        run when the AI left it without a result. The audit record names the reader, the verdict and the finding,
+        and whether a reason was given, not the reason's free text."""
+        now = time.time() if now is None else now
+        verdict = parse_verdict(str(verdict), for_finding=finding_id is not None)
+        reason = checked_reason(reason)
+        with self.transaction():
+            if self.study(study_uid) is None:
+                raise FeedbackError(f"no study {study_uid} on this node")
+            if finding_id is not None:
+                found = self._one(
+                    "SELECT f.run_id, f.tracking_id, r.pipeline, r.pipeline_version FROM findings f "
+                    "JOIN runs r ON r.run_id = f.run_id WHERE f.finding_id = ? AND f.study_uid = ?",
+                    [finding_id, study_uid])
+                if found is None:
+                    raise FeedbackError(f"no finding {finding_id!r} in study {study_uid}: reload the study's page")
+                targets: list[tuple[str | None, ...]] = [(found["run_id"], finding_id[len(found["run_id"]) + 1:], found["tracking_id"],
+                            found["pipeline"], found["pipeline_version"])]
+            else:
+                targets = [(r["run_id"], None, None, r["pipeline"], r["pipeline_version"]) for r in self.db.query(
+                    "SELECT r.run_id, r.pipeline, r.pipeline_version FROM jobs j JOIN runs r "
+                    "ON r.run_id = j.current_run_id WHERE j.study_uid = ? ORDER BY r.pipeline", [study_uid])]
+                targets = targets or [(None, None, None, None, None)]
+            records = []
+            for run_id, tracking_uid, tracking_id, pipeline, version in targets:
+                row: dict[str, Any] = {
+                    "study_uid": study_uid, "run_id": run_id, "tracking_uid": tracking_uid, "tracking_id": tracking_id,
+                    "pipeline": pipeline, "pipeline_version": version, "verdict": str(verdict), "reason": reason,
+                    "username": username, "ts": now}
+                feedback_id = int(self.db["feedback"].insert(row).last_pk)  # type: ignore[union-attr, arg-type]
+                records.append(FeedbackRecord(feedback_id=feedback_id, **{**row, "verdict": verdict}))
+                self._audit(FEEDBACK_AUDIT_KIND, str(verdict), username, source, study_uid, {
+                    "feedback_id": feedback_id, "run_id": run_id, "tracking_uid": tracking_uid,
+                    "tracking_id": tracking_id, "pipeline": pipeline, "pipeline_version": version,
+                    "reason_given": bool(reason)}, now)
+            if verdict == Verdict.ACKNOWLEDGED:  # the worklist's timer: the first acknowledgement counts
+                read_id = f"{study_uid}/{username}"
+                self.db.execute("INSERT OR IGNORE INTO study_reads (read_id, study_uid, username, opened_at) "
+                                "VALUES (?, ?, ?, ?)", [read_id, study_uid, username, now])
+                self.db.execute("UPDATE study_reads SET acknowledged_at = ? WHERE read_id = ? "
+                                "AND acknowledged_at IS NULL", [now, read_id])
+            self._event("feedback", study_uid, detail=f"{verdict} " + ", ".join(
+                t[2] or "study" for t in targets))  # also what makes open worklists refresh
+        return records
+
+    def feedback_of_study(self, study_uid: str) -> list[FeedbackRecord]:
+        """Each reader's current verdict on each finding of the study (and each acknowledgement), oldest first."""
+        rows = self.db.query(
+            "SELECT * FROM feedback WHERE feedback_id IN (SELECT MAX(feedback_id) FROM feedback WHERE study_uid = ? "
+            "GROUP BY COALESCE(run_id, ''), COALESCE(tracking_uid, ''), username) ORDER BY feedback_id", [study_uid])
+        return [FeedbackRecord(**{**r, "verdict": Verdict(r["verdict"]), "reason": r["reason"] or ""}) for r in rows]
+
+    def feedback_rates(self) -> list[FeedbackRate]:
+        """Per pipeline version: findings reviewed, confirmed, dismissed; their rates carry 95% Wilson intervals."""
+        return rates([(r[0], r[1], r[2], r[3], r[4]) for r in self.db.execute(
+            "SELECT pipeline, pipeline_version, run_id || '/' || tracking_uid, username, verdict FROM feedback "
+            "WHERE tracking_uid IS NOT NULL AND verdict IN (?, ?) ORDER BY feedback_id",
+            [str(Verdict.CONFIRMED), str(Verdict.DISMISSED)])])
+
+    def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """(pipeline, verdict) -> feedback rows recorded (every click; '' for a study without a result)."""
+        return {(r[0], r[1]): int(r[2]) for r in self.db.execute(
+            "SELECT COALESCE(pipeline, ''), verdict, COUNT(*) FROM feedback GROUP BY 1, 2")}
 
     def change_mark(self) -> tuple[int, float]:
         """Changes whenever a study or job changes: the last event's id and the latest update of either."""

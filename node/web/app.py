@@ -23,7 +23,7 @@ from node.config import WebSettings
 from node.dicom_server import ConnectionStats
 from node.priority import DEFAULT_RULES, PriorityRule
 from node.store import Store
-from node.web import api, pages
+from node.web import api, feedback, pages
 from node.web.auth import AuthMiddleware
 from node.web.context import WebContext
 from node.web.status import Gauges, HealthCheck, metrics_registry
@@ -38,6 +38,7 @@ def create_app(context: WebContext, token: str | None = None) -> FastAPI:
     app.state.context = context
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(feedback.router)
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")
 
     @app.exception_handler(404)

@@ -1,5 +1,6 @@
 """The pages for people: login/logout, the worklist (/, live over server-sent events), a study's page (/study/UID:
-overlays, findings, viewer link) and /admin (accounts; admins only).
+overlays, findings, viewer link, readers' feedback: node.web.feedback takes its forms) and /admin (accounts, the
+AI feedback rates; admins only).
 
 Server-rendered (Jinja2). Form posts carry a CSRF token: the session's own once logged in, a double-submit cookie
 on the login form. The patient's name and ID are rendered on the worklist only.
@@ -216,11 +217,12 @@ def study_page(request: Request, study_uid: str, user: Principal = Depends(perso
                              if r["kind"] == "sc" and Path(r["path"]).with_suffix(".png").exists()]
                 if run is not None else [],
             })
+        feedback = store.feedback_of_study(study_uid)  # each reader's current verdicts (node.web.feedback)
     finally:
         store.close()
     viewer = context.web.viewer_url.format(study_uid=study_uid) if context.web.viewer_url else None
     return templates.TemplateResponse(request, "study.html", {
-        "user": user, "row": row, "runs": runs, "viewer_url": viewer, "now": time.time()})
+        "user": user, "row": row, "runs": runs, "viewer_url": viewer, "now": time.time(), "feedback": feedback})
 
 
 @router.get("/study/{study_uid}/overlay/{sop_instance_uid}.png")
@@ -244,10 +246,12 @@ def admin_page(request: Request, user: Principal = Depends(admin), error: str = 
     store = _context(request).open_store()
     try:
         users = store.users()
+        feedback_rates = store.feedback_rates()
     finally:
         store.close()
     return templates.TemplateResponse(request, "admin.html", {"user": user, "users": users, "error": error,
-                                                              "roles": [r.value for r in Role]})
+                                                              "roles": [r.value for r in Role],
+                                                              "feedback_rates": feedback_rates})
 
 
 @router.post("/admin/users")

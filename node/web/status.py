@@ -1,4 +1,5 @@
-"""What the machine endpoints report: /api/studies' summaries (no patient identifiers) and /metrics' collectors.
+"""What the machine endpoints report: /api/studies' summaries (no patient identifiers) and /metrics' collectors
+(the node's queues and timings, the listeners' connections, readers' feedback and the rates it gives).
 
 Both read the database at request time through a Store the caller opens; node.web.api serves them.
 """
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from node.dicom_server import ConnectionStats
+from node.feedback import FeedbackRate
 from node.store import Store
 
 
@@ -75,6 +77,8 @@ class _StoreCollector:
             counts = store.counts()
             deliveries = store.deliveries_by_destination()
             timings = [json.loads(j["timings"] or "{}") for j in store.jobs() if j["timings"]]
+            feedback = store.feedback_counts()
+            feedback_rates = store.feedback_rates()
         finally:
             store.close()
         for table, name in (("studies", "studies"), ("jobs", "jobs"), ("outbox", "outbox_items")):
@@ -96,12 +100,42 @@ class _StoreCollector:
                 f"ainode_job_{stage[:-2]}_seconds", f"per-job {stage[:-2]} time",
                 buckets=cumulative, sum_value=sum(values),
             )
+        yield from _feedback_metrics(feedback, feedback_rates)
         checks = GaugeMetricFamily("ainode_health_check", "1 when the /healthz check passes", labels=["check"])
         for name, value in sorted(self.health().items()):
             checks.add_metric([name], float(value is True))
         yield checks
         for name, (text, number) in sorted((self.gauges() if self.gauges is not None else {}).items()):
             yield GaugeMetricFamily(name, text, value=number)
+
+
+def _feedback_metrics(counts: Mapping[tuple[str, str], int], rates: list[FeedbackRate]) -> Iterator[Any]:
+    """Readers' verdicts, and per pipeline version (those with feedback only) the rates with their 95% Wilson
+    intervals: a rate is never published without its interval."""
+    total = CounterMetricFamily("ainode_feedback", "readers' feedback on AI results (every verdict recorded)",
+                                labels=["pipeline", "verdict"])
+    for (pipeline, verdict), n in sorted(counts.items()):
+        total.add_metric([pipeline, verdict], n)
+    yield total
+    reviewed = GaugeMetricFamily("ainode_feedback_findings_reviewed", "findings with a confirm or dismiss verdict",
+                                 labels=["pipeline", "version"])
+    families = {
+        (kind, bound): GaugeMetricFamily(
+            f"ainode_{kind}_rate{suffix}", f"{what}{text}", labels=["pipeline", "version"])
+        for kind, what in (("false_positive", "dismissed / (confirmed + dismissed) findings"),
+                           ("confirmation", "confirmed / (confirmed + dismissed) findings"))
+        for bound, suffix, text in (("value", "", ""), ("low", "_ci_low", ": 95% Wilson interval, lower bound"),
+                                    ("high", "_ci_high", ": 95% Wilson interval, upper bound"))
+    }
+    for rate in rates:
+        labels = [rate.pipeline, rate.pipeline_version]
+        reviewed.add_metric(labels, rate.reviewed)
+        for kind, p in (("false_positive", rate.false_positive_rate), ("confirmation", rate.confirmation_rate)):
+            families[kind, "value"].add_metric(labels, p.value)
+            families[kind, "low"].add_metric(labels, p.low)
+            families[kind, "high"].add_metric(labels, p.high)
+    yield reviewed
+    yield from families.values()
 
 
 class _ConnectionCollector:
