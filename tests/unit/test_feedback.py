@@ -109,7 +109,8 @@ def test_store_records_verdicts_acknowledgement_and_audit(node_db: Path) -> None
     assert DISMISS_REASON not in str(audit) and "SYN-22" not in str(audit)  # free text and patient ID stay out
     event = to_audit_event(dismissed, "AINODE")
     assert event.type.code == "110111" and event.action == "C" and event.outcome == "0"
-    assert event.agent[0].who.display == "rita" and event.agent[0].requestor is True
+    who = event.agent[0].who
+    assert who is not None and who.display == "rita" and event.agent[0].requestor is True
 
 
 def test_store_refuses_feedback_it_cannot_place(node_db: Path) -> None:  # noqa: F811
@@ -179,7 +180,10 @@ def test_reader_dismisses_and_acknowledges_admin_sees_the_rate(node_db: Path) ->
     assert "acknowledged" not in reader.get("/worklist/rows").text
     r = reader.post("/study/2.2.2/feedback", data={"verdict": "acknowledged", "csrf": csrf})
     assert r.status_code == 303
-    assert "AI result acknowledged by <strong>rita</strong>" in reader.get("/study/2.2.2").text
+    page = reader.get("/study/2.2.2").text
+    assert "AI result acknowledged by <strong>rita</strong>" in page
+    assert "Acknowledge AI result" not in page  # once is enough for her
+    assert "Acknowledge AI result" in admin.get("/study/2.2.2").text  # not for the others
     worklist = reader.get("/worklist/rows").text
     assert re.search(r"acknowledged \d+ s after", worklist)  # the timer opened -> acknowledged
 
