@@ -103,7 +103,7 @@ def test_dismiss_survives_reload_moves_the_rate_and_acknowledge_starts_the_timer
 
             reader = logged_in(browser, base, "rita", "reader-password")
             row = reader.locator(f'tr[data-study-uid="{study_uid}"]')
-            expect(row.locator(".badge")).to_have_text("malignant")
+            expect(row.locator(".finding")).to_contain_text("Malignant neoplasm, primary")
             row.locator("a", has_text="open").click()
             reader.wait_for_url(f"{base}/study/{study_uid}")
             finding = reader.locator("table.findings tr[data-finding-id]", has_text="lesion 1")
