@@ -4,7 +4,8 @@ with the tumour markers, notes, age and sex.
 Pure: reads the study's files and the clinical context it is handed, returns a PipelineResult; writes nothing. An
 instance outside the bundle's intended use (header only) is left out with the reason; when no series of the rest can
 be made into a volume (too few slices, irregular spacing, missing slices, gantry tilt, mixed stacks, undecodable
-pixels...) every one of them is left out with the volume's reason code and words, so the SR says why.
+pixels...) every one of them is left out with the volume's reason code and words, so the SR says why. A volume
+without lung fields (pipelines.chest_ct_nodule.lungs) is left out as out-of-distribution.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pipelines.common.volume import (
     SeriesCriteria, SliceHeader, Volume, VolumeError, load_stack, read_header, select_series, stack_series,
 )
 from pipelines.chest_ct_nodule import inference
+from pipelines.chest_ct_nodule.lungs import lung_field_problem
 from pipelines.chest_ct_nodule.spec import BUNDLES_DIR, CHEST_CT_NODULE
 
 TRACKING_NAMESPACE = uuid.UUID("0f7c2a4e-93b1-5d6e-8a2f-4c1b7e9d3a55")
@@ -188,6 +190,10 @@ class ChestCtNodulePipeline:
             return result((), (), False)
 
         mv = inference.model_volume(self.bundle, volume)
+        problem = lung_field_problem(mv.array())
+        if problem is not None:  # out of distribution: no finding is made on what the model was not made for
+            excluded.extend(ExcludedInstance(uid, "out-of-distribution", problem) for uid in volume.sop_instance_uids)
+            return result((), (), False)
         boxes, scores = inference.detect_model_volume(self.bundle, mv)
         probs = inference.classify_model_volume(self.bundle, mv, boxes, labs, note, study.patient_age_years,
                                                 study.patient_sex)

@@ -178,6 +178,48 @@ def test_head_ct_and_a_non_chest_series_are_left_out_with_the_reason(
     assert "Body Part Examined HEAD" in result.instances_excluded[0].detail
 
 
+def stacked_series(source: Path, folder: Path, n: int = 40, spacing_mm: float = 2.5) -> list[Path]:
+    """A real CT slice repeated along z as an axial series (one new series, a new SOP Instance UID per slice)."""
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    src = pydicom.dcmread(source)
+    src.decompress()
+    series, paths = generate_uid(), []
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        ds = src.copy()
+        ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = generate_uid(), series, k + 1
+        ds.ImagePositionPatient = [float(v) for v in src.ImagePositionPatient[:2]] + [k * spacing_mm]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SliceThickness = spacing_mm
+        if "BodyPartExamined" in ds:
+            del ds.BodyPartExamined  # nothing in the header says "not chest": the pixels must
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+        paths.append(folder / f"{k:03d}.dcm")
+    return paths
+
+
+def test_a_real_head_ct_series_without_body_part_is_not_analysed_no_lung_fields(
+        pipeline: ChestCtNodulePipeline, phantom: tuple[ChestCase, Path], tmp_path: Path) -> None:
+    from pipelines.chest_ct_nodule.lungs import MIN_LUNG_FIELD_FRACTION, lung_field_fraction
+
+    found = get_testdata_file("J2K_pixelrep_mismatch.dcm")  # a real head CT slice, 512 x 512, JPEG 2000
+    assert isinstance(found, str)
+    paths = stacked_series(Path(found), tmp_path / "head")
+    result = pipeline.run(_study(paths), ClinicalContext.unavailable("unreachable"))
+    assert not result.findings and not result.images_analysed and result.detection_threshold is None
+    assert len(result.instances_excluded) == len(paths)
+    assert {e.reason for e in result.instances_excluded} == {"out-of-distribution"}
+    assert result.instances_excluded[0].detail.startswith("no lung fields")
+    # the chest phantom is far above the gate, the head far below
+    _, folder = phantom
+    chest = inference.model_volume(pipeline.bundle, load_volume(sorted(folder.glob("*.dcm")))).array()
+    head = inference.model_volume(pipeline.bundle, load_volume(paths)).array()
+    assert lung_field_fraction(chest) > 1.5 * MIN_LUNG_FIELD_FRACTION > 3 * lung_field_fraction(head)
+
+
 def test_tiny_training_run_writes_a_bundle_the_registry_accepts(tmp_path: Path) -> None:
     from pipelines.registry import validate_bundle
 
