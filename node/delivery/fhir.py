@@ -1,0 +1,293 @@
+"""The ``fhir`` destination: each SR of ours becomes, in one FHIR R4 transaction, a DiagnosticReport with one
+Observation per finding and a Task asking for the study to be read, with the AI priority and its reason.
+
+Worklists read Tasks (priority, focus on the ServiceRequest of the accession, else the ImagingStudy) and
+DiagnosticReports. Every resource is written by a conditional update on an identifier of ours, so sending the same
+SR again, or its amendment, updates the same resources and never duplicates them. The payload is built and checked
+with fhir.resources' R4B models (Medplum and most EHRs speak R4). No database access; one outcome per file.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from time import monotonic
+from typing import Any, Sequence
+
+import httpx
+import pydantic
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.task import Task
+
+from node.config import DestinationSettings
+from node.delivery import SendOutcome
+from node.delivery.report import ReportError, StudyReport, fhir_system, read_report
+from node.priority import DEFAULT_RULES, Priority, PriorityDecision, PriorityRule, decide
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+DICOM_UID_SYSTEM = "urn:dicom:uid"  # FHIR's system for DICOM UIDs, whose values are "urn:oid:<uid>"
+REPORT_ID_SYSTEM = "urn:dicom-ai-node:ai-report"  # <study uid>/<pipeline>: one report and one Task per pipeline run
+TASK_ID_SYSTEM = "urn:dicom-ai-node:ai-task"
+LOINC = "http://loinc.org"
+IMAGING_REPORT = {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section: RAD
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+ACCESSION_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
+AI_NOTICE = "AI result, unverified machine output: not for diagnostic use until a reader confirms it."
+
+
+class FhirError(Exception):
+    """One SR could not be written; ``permanent``: sending it again unchanged cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def flag(priority: Priority) -> tuple[str, str]:
+    """The abnormal flag of a finding (v3 ObservationInterpretation, the same codes as HL7 v2 table 0078): a finding
+    a rule escalates (urgent and above) is critical abnormal ("AA"), any other finding abnormal ("A")."""
+    return ("AA", "Critical abnormal") if priority >= Priority.URGENT else ("A", "Abnormal")
+
+
+def _oid(uid: str) -> str:
+    return f"urn:oid:{uid}"
+
+
+def _ref_id(study_uid: str, pipeline: str) -> str:
+    return f"{study_uid}/{pipeline}"
+
+
+def conclusion(report: StudyReport, decision: PriorityDecision) -> str:
+    """The report's conclusion text: what the AI found (or why it did not analyse), its priority and reason."""
+    who = f"AI {report.pipeline} {report.pipeline_version}"
+    if not report.analysed:
+        what = f"{who} did not analyse this study: {report.not_analysed_reason}."
+    elif not report.findings:
+        what = f"{who}: no finding above its detection threshold."
+    else:
+        listed = "; ".join(f"{f.finding.class_meaning} {f.finding.probability:.2f} ({f.tracking_id})"
+                           for f in report.findings)
+        what = f"{who}: {len(report.findings)} finding(s): {listed}."
+    amended = " Amends an earlier AI report." if report.amended else ""
+    return f"{what} AI priority: {decision.priority.code} ({decision.reason}).{amended} {AI_NOTICE}"
+
+
+def build_transaction(
+    report: StudyReport,
+    rules: Sequence[PriorityRule],
+    subject: dict[str, Any],
+    service_request: str | None,
+    issued: datetime | None = None,
+) -> Bundle:
+    """The transaction for one report. ``subject``: a Reference (``{"reference": "Patient/..."}``, or a logical
+    ``{"identifier": ...}`` when the EHR has no such Patient); ``service_request``: "ServiceRequest/<id>" of the
+    accession, if the EHR has one. Raises pydantic.ValidationError when a resource would not be valid R4."""
+    issued = issued or datetime.now(timezone.utc)
+    decision = decide(report.ranked, rules)
+    status = "amended" if report.amended else "final"
+    study_url, report_url, task_url = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
+    study_identifier = {"system": DICOM_UID_SYSTEM, "value": _oid(report.study_instance_uid)}
+    based_on = [{"reference": service_request}] if service_request else []
+    entries: list[dict[str, Any]] = []
+
+    imaging_study: dict[str, Any] = {"resourceType": "ImagingStudy", "status": "available",
+                                     "identifier": [study_identifier], "subject": subject, "basedOn": based_on or None}
+    if report.study_description:
+        imaging_study["description"] = report.study_description
+    # Created only when the EHR (or the PACS's bridge) has none yet: ours is minimal and must not overwrite theirs.
+    entries.append({"fullUrl": study_url, "resource": ImagingStudy.model_validate(_clean(imaging_study)),
+                    "request": {"method": "POST", "url": "ImagingStudy",
+                                "ifNoneExist": f"identifier={DICOM_UID_SYSTEM}|{_oid(report.study_instance_uid)}"}})
+
+    results = []
+    for reported in report.findings:
+        f = reported.finding
+        code, display = flag(decide([f], rules).priority)
+        observation: dict[str, Any] = {
+            "resourceType": "Observation",
+            "identifier": [{"system": DICOM_UID_SYSTEM, "value": _oid(reported.tracking_uid)}],
+            "status": status,
+            "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
+            "code": {"coding": [{"system": fhir_system(f.class_scheme), "code": f.class_value,
+                                 "display": f.class_meaning}], "text": f.class_meaning},
+            "subject": subject,
+            "basedOn": based_on or None,
+            "issued": issued.isoformat(),
+            "valueQuantity": {"value": round(f.probability, 4), "unit": "probability",
+                              "system": "http://unitsofmeasure.org", "code": "1"},
+            "interpretation": [{"coding": [{"system": INTERPRETATION, "code": code, "display": display}]}],
+            "derivedFrom": [{"reference": study_url}],
+            "note": [{"text": f"{reported.tracking_id} by {f.pipeline} {f.pipeline_version}. {AI_NOTICE}"}],
+        }
+        if reported.finding_site is not None:
+            site = reported.finding_site
+            observation["bodySite"] = {"coding": [{"system": fhir_system(site.scheme_designator), "code": site.value,
+                                                   "display": site.meaning}], "text": site.meaning}
+        url = f"urn:uuid:{uuid.uuid4()}"
+        results.append({"reference": url})
+        entries.append({"fullUrl": url, "resource": Observation.model_validate(_clean(observation)),
+                        "request": {"method": "PUT", "url": f"Observation?identifier={DICOM_UID_SYSTEM}|"
+                                                           f"{_oid(reported.tracking_uid)}"}})
+
+    report_key = _ref_id(report.study_instance_uid, report.pipeline)
+    diagnostic_report = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": REPORT_ID_SYSTEM, "value": report_key},
+                       {"system": DICOM_UID_SYSTEM, "value": _oid(report.sr_sop_instance_uid)}],
+        "basedOn": based_on or None,
+        "status": status,
+        "category": [{"coding": [{"system": V2_0074, "code": "RAD", "display": "Radiology"}]}],
+        "code": {"coding": [IMAGING_REPORT], "text": f"AI {report.pipeline} {report.pipeline_version}"},
+        "subject": subject,
+        "issued": issued.isoformat(),
+        "imagingStudy": [{"reference": study_url}],
+        "result": results or None,
+        "conclusion": conclusion(report, decision),
+    }
+    entries.append({"fullUrl": report_url, "resource": DiagnosticReport.model_validate(_clean(diagnostic_report)),
+                    "request": {"method": "PUT", "url": f"DiagnosticReport?identifier={REPORT_ID_SYSTEM}|{report_key}"}})
+
+    task = {
+        "resourceType": "Task",
+        "identifier": [{"system": TASK_ID_SYSTEM, "value": report_key}],
+        "basedOn": based_on or None,
+        "status": "requested",
+        "intent": "order",
+        "priority": decision.priority.code,
+        "code": {"text": "Read the imaging study"},
+        "description": f"AI priority {decision.priority.code}: {decision.reason}",
+        "focus": {"reference": service_request or study_url},
+        "for": subject,
+        "authoredOn": issued.isoformat(),
+        "lastModified": issued.isoformat(),
+        "reasonCode": {"text": decision.reason},
+        "reasonReference": {"reference": report_url},
+    }
+    entries.append({"fullUrl": task_url, "resource": Task.model_validate(_clean(task)),
+                    "request": {"method": "PUT", "url": f"Task?identifier={TASK_ID_SYSTEM}|{report_key}"}})
+    return Bundle.model_validate({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+
+def _clean(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if v is not None}
+
+
+def subject_of(report: StudyReport, patient_fhir_id: str | None, identifier_system: str) -> dict[str, Any]:
+    if patient_fhir_id is not None:
+        return {"reference": f"Patient/{patient_fhir_id}"}
+    identifier = {"value": report.patient_id}
+    if identifier_system:
+        identifier["system"] = identifier_system
+    return {"identifier": identifier, "type": "Patient"}
+
+
+def _outcome_text(response: httpx.Response) -> str:
+    try:
+        outcome = OperationOutcome.model_validate(response.json())
+    except (ValueError, pydantic.ValidationError):
+        return response.text[:300]
+    return "; ".join(filter(None, ((i.details.text if i.details else None) or i.diagnostics or i.code
+                                   for i in outcome.issue)))[:500]
+
+
+class FhirDestination:
+    def __init__(self, settings: DestinationSettings, calling_ae: str,
+                 priority_rules: Sequence[PriorityRule] = DEFAULT_RULES, client: httpx.Client | None = None) -> None:
+        self.settings = settings
+        self.calling_ae = calling_ae  # not used by HTTP; kept for the plugin signature
+        self.priority_rules = tuple(priority_rules)
+        self.client = client
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
+        if self.settings.token:
+            headers["Authorization"] = f"Bearer {self.settings.token}"
+        return headers
+
+    def send(self, paths: list[Path], budget_seconds: float) -> list[SendOutcome]:
+        deadline = monotonic() + budget_seconds
+        client = self.client or httpx.Client()
+        try:
+            outcomes = []
+            for path in paths:
+                left = deadline - monotonic()
+                if left <= 0:
+                    outcomes.append(SendOutcome(path, False, "not attempted: the delivery budget was spent"))
+                    continue
+                try:
+                    detail = self._send_one(client, path, min(left, 60.0))
+                    outcomes.append(SendOutcome(path, True, detail))
+                except FhirError as exc:
+                    outcomes.append(SendOutcome(path, False, str(exc), permanent=exc.permanent))
+            return outcomes
+        finally:
+            if self.client is None:
+                client.close()
+
+    def _request(self, client: httpx.Client, method: str, url: str, timeout: float, what: str,
+                 **kwargs: Any) -> httpx.Response:
+        try:
+            response = client.request(method, url, headers=self._headers(), timeout=timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise FhirError(f"{what} at {self.settings.url}: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            # 408/429 and 5xx: the server may take it later; any other 4xx refuses this content for good
+            permanent = response.status_code < 500 and response.status_code not in (408, 429)
+            raise FhirError(f"{what}: HTTP {response.status_code}: {_outcome_text(response)}", permanent)
+        return response
+
+    def _search_one(self, client: httpx.Client, resource_type: str, token: str, timeout: float) -> str | None:
+        """The id of the one resource with this identifier; None when there is none or more than one."""
+        response = self._request(client, "GET", f"{self.settings.url}/{resource_type}", timeout,
+                                 f"{resource_type} search", params={"identifier": token})
+        try:
+            bundle = Bundle.model_validate(response.json())
+        except (ValueError, pydantic.ValidationError) as exc:
+            raise FhirError(f"{resource_type} search: the answer is not a FHIR Bundle") from exc
+        ids = [str(e.resource.id) for e in bundle.entry or []
+               if e.resource is not None and e.resource.get_resource_type() == resource_type
+               and (e.search is None or e.search.mode in (None, "match"))]
+        return ids[0] if len(ids) == 1 else None
+
+    def _send_one(self, client: httpx.Client, path: Path, timeout: float) -> str:
+        try:
+            report = read_report(path)
+        except ReportError as exc:
+            raise FhirError(f"{exc}; only the node's SRs go to a fhir destination: set its kinds = [\"sr\"]",
+                            permanent=True) from exc
+        system = self.settings.patient_identifier_system
+        patient_id = None
+        if report.patient_id:
+            token = f"{system}|{report.patient_id}" if system else report.patient_id
+            patient_id = self._search_one(client, "Patient", token, timeout)
+        service_request = None
+        if report.accession_number:
+            found = self._search_one(client, "ServiceRequest", report.accession_number, timeout)
+            service_request = f"ServiceRequest/{found}" if found else None
+        try:
+            bundle = build_transaction(report, self.priority_rules, subject_of(report, patient_id, system),
+                                       service_request)
+        except pydantic.ValidationError as exc:
+            raise FhirError(f"{path.name}: the FHIR resources would not be valid R4 ({exc.error_count()} errors)",
+                            permanent=True) from exc
+        response = self._request(client, "POST", self.settings.url + "/", timeout, "transaction",
+                                 content=bundle.model_dump_json(exclude_none=True))
+        try:
+            answer = Bundle.model_validate(response.json())
+        except (ValueError, pydantic.ValidationError) as exc:
+            raise FhirError("transaction: the answer is not a FHIR Bundle") from exc
+        statuses = [str(e.response.status) if e.response else "?" for e in answer.entry or []]
+        if len(statuses) != len(bundle.entry or []) or not all(s.startswith("2") for s in statuses):
+            raise FhirError(f"transaction: entries answered {', '.join(statuses) or 'nothing'}")
+        priority = decide(report.ranked, self.priority_rules).priority.code
+        return f"FHIR Task ({priority}) and DiagnosticReport with {len(report.findings)} Observation(s) written"
