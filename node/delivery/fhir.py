@@ -27,8 +27,8 @@ from fhir.resources.R4B.task import Task
 
 from node.config import DestinationSettings
 from node.delivery import SendOutcome
-from node.delivery.report import ReportError, StudyReport, fhir_system, read_report
-from node.priority import DEFAULT_RULES, Priority, PriorityDecision, PriorityRule, decide
+from node.delivery.report import ReportError, StudyReport, abnormal_flag, fhir_system, read_report
+from node.priority import DEFAULT_RULES, PriorityDecision, PriorityRule, decide
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ class FhirError(Exception):
     def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
-
-
-def flag(priority: Priority) -> tuple[str, str]:
-    """The abnormal flag of a finding (v3 ObservationInterpretation, the same codes as HL7 v2 table 0078): a finding
-    a rule escalates (urgent and above) is critical abnormal ("AA"), any other finding abnormal ("A")."""
-    return ("AA", "Critical abnormal") if priority >= Priority.URGENT else ("A", "Abnormal")
 
 
 def _oid(uid: str) -> str:
@@ -112,7 +106,7 @@ def build_transaction(
     results = []
     for reported in report.findings:
         f = reported.finding
-        code, display = flag(decide([f], rules).priority)
+        code, display = abnormal_flag(decide([f], rules).priority)
         observation: dict[str, Any] = {
             "resourceType": "Observation",
             "identifier": [{"system": DICOM_UID_SYSTEM, "value": _oid(reported.tracking_uid)}],

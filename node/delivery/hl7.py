@@ -24,8 +24,7 @@ from hl7apy.v2_5_1 import ST
 
 from node.config import DestinationSettings
 from node.delivery import SendOutcome
-from node.delivery.fhir import flag
-from node.delivery.report import ReportError, StudyReport, hl7v2_system, read_report
+from node.delivery.report import ReportError, StudyReport, abnormal_flag, hl7v2_system, read_report
 from node.priority import DEFAULT_RULES, PriorityRule, decide
 from node.results import coding
 
@@ -132,7 +131,7 @@ def build_oru(report: StudyReport, rules: Sequence[PriorityRule], sending_applic
     for n, reported in enumerate(report.findings, start=1):
         f = reported.finding
         group = observation("NM", _cwe(f.class_value, f.class_meaning, f.class_scheme), f"{f.probability:.4f}",
-                            flag(decide([f], rules).priority)[0], sub_id=str(n))
+                            abnormal_flag(decide([f], rules).priority)[0], sub_id=str(n))
         group.obx.obx_6 = "1^probability^UCUM"
         site = reported.finding_site
         where = f", finding site {site.meaning} ({site.scheme_designator} {site.value})" if site else ""

@@ -7,6 +7,7 @@ SR), the patient and study modules here. No network, no database.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.priority import RankedFinding
+from node.priority import Priority, RankedFinding
 from node.results.sr import read_findings
 from pipelines.base import CodedClass
 
@@ -83,6 +84,13 @@ def hl7v2_system(scheme: str) -> str:
     return HL7V2_SYSTEMS.get(scheme, scheme if scheme.startswith("99") else f"99{scheme}"[:20])
 
 
+def abnormal_flag(priority: Priority) -> tuple[str, str]:
+    """A finding's abnormal flag (HL7 v2 table 0078 = FHIR's v3 ObservationInterpretation codes) from the priority the
+    rules give it alone: escalated (urgent and above) is critical abnormal "AA", any other finding abnormal "A".
+    ("N", normal, is for a study analysed with nothing found.)"""
+    return ("AA", "Critical abnormal") if priority >= Priority.URGENT else ("A", "Abnormal")
+
+
 def _birth_date(value: object) -> date | None:
     text = str(value or "").strip()
     if len(text) != 8 or not text.isdigit():
@@ -102,7 +110,8 @@ def report_from_dataset(sr: Dataset) -> StudyReport:
     if summary.analysed:
         reason = ""
     elif summary.instances_excluded:
-        reason = "; ".join(f"{e.reason}" + (f" ({e.detail})" if e.detail else "") for e in summary.instances_excluded)
+        why = Counter(e.reason + (f" ({e.detail})" if e.detail else "") for e in summary.instances_excluded)
+        reason = "; ".join(f"{n} instance(s) {text}" for text, n in why.items())
     else:
         reason = "no input could be analysed"
     if summary.inputs_missing and not summary.analysed:

@@ -137,7 +137,7 @@ def test_not_analysed_and_nothing_found(tmp_path: Path) -> None:
     skipped, empty = ehr.transactions
     assert resources(skipped, "Observation") == [] and resources(empty, "Observation") == []
     (report,) = resources(skipped, "DiagnosticReport")
-    assert "did not analyse this study: outside-intended-use (lateral view)" in report["conclusion"]
+    assert "did not analyse this study: 2 instance(s) outside-intended-use (lateral view)" in report["conclusion"]
     assert resources(skipped, "Task")[0]["priority"] == "routine"
     assert "no finding above its detection threshold" in resources(empty, "DiagnosticReport")[0]["conclusion"]
 

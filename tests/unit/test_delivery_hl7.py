@@ -74,7 +74,7 @@ def test_amendment_is_a_correction_and_not_analysed_says_so(tmp_path: Path) -> N
     assert {o.obx.obx_11.to_er7() for o in observations(amended)} == {"C"}
     statement = observations(skipped)[1]
     assert statement.obx.obx_3.to_er7() == "AIN030^Instance not analysed^99AINODE"
-    assert "outside-intended-use (lateral view)" in statement.nte.nte_3.to_er7()
+    assert "2 instance(s) outside-intended-use (lateral view)" in statement.nte.nte_3.to_er7()
     assert skipped.ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION.obr.obr_5.to_er7() == "R"
     nothing = observations(empty)[1]
     assert (nothing.obx.obx_5.to_er7(), nothing.obx.obx_8.to_er7()) == ("272519000^Absent^SCT", "N")

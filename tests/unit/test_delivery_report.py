@@ -93,7 +93,7 @@ def test_findings_sr_reads_back_typed(tmp_path: Path) -> None:
 def test_not_analysed_and_empty_srs(tmp_path: Path) -> None:
     skipped = read_report(write_not_analysed_sr(tmp_path))
     assert not skipped.analysed and skipped.findings == ()
-    assert skipped.not_analysed_reason == "outside-intended-use (lateral view); outside-intended-use (lateral view)"
+    assert skipped.not_analysed_reason == "2 instance(s) outside-intended-use (lateral view)"
     empty = read_report(write_empty_sr(tmp_path))
     assert empty.analysed and empty.findings == () and empty.not_analysed_reason == ""
 
