@@ -82,10 +82,13 @@ def build_transaction(
     subject: dict[str, Any],
     service_request: str | None,
     issued: datetime | None = None,
+    withdrawn: Sequence[dict[str, Any]] = (),
 ) -> Bundle:
     """The transaction for one report. ``subject``: a Reference (``{"reference": "Patient/..."}``, or a logical
     ``{"identifier": ...}`` when the EHR has no such Patient); ``service_request``: "ServiceRequest/<id>" of the
-    accession, if the EHR has one. Raises pydantic.ValidationError when a resource would not be valid R4."""
+    accession, if the EHR has one; ``withdrawn``: Observations (as the EHR has them, with their id) of findings an
+    amendment no longer states, written back as "entered-in-error". Raises pydantic.ValidationError when a resource
+    would not be valid R4."""
     issued = issued or datetime.now(timezone.utc)
     decision = decide(report.ranked, rules)
     status = "amended" if report.amended else "final"
@@ -132,6 +135,12 @@ def build_transaction(
         entries.append({"fullUrl": url, "resource": Observation.model_validate(_clean(observation)),
                         "request": {"method": "PUT", "url": f"Observation?identifier={DICOM_UID_SYSTEM}|"
                                                            f"{_oid(reported.tracking_uid)}"}})
+
+    for observation in withdrawn:
+        # FHIR: "withdrawn following previous final release"; the report no longer lists it
+        resource = {k: v for k, v in observation.items() if k != "meta"} | {"status": "entered-in-error"}
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": Observation.model_validate(resource),
+                        "request": {"method": "PUT", "url": f"Observation/{resource['id']}"}})
 
     report_key = _ref_id(report.study_instance_uid, report.pipeline)
     diagnostic_report = {
@@ -240,18 +249,38 @@ class FhirDestination:
             raise FhirError(f"{what}: HTTP {response.status_code}: {_outcome_text(response)}", permanent)
         return response
 
-    def _search_one(self, client: httpx.Client, resource_type: str, token: str, timeout: float) -> str | None:
-        """The id of the one resource with this identifier; None when there is none or more than one."""
+    def _search(self, client: httpx.Client, resource_type: str, params: dict[str, str],
+                timeout: float) -> list[dict[str, Any]]:
+        """The matches of a search as the server wrote them (checked to be a valid Bundle)."""
         response = self._request(client, "GET", f"{self.settings.url}/{resource_type}", timeout,
-                                 f"{resource_type} search", params={"identifier": token})
+                                 f"{resource_type} search", params=params)
         try:
-            bundle = Bundle.model_validate(response.json())
+            payload = response.json()
+            Bundle.model_validate(payload)
         except (ValueError, pydantic.ValidationError) as exc:
             raise FhirError(f"{resource_type} search: the answer is not a FHIR Bundle") from exc
-        ids = [str(e.resource.id) for e in bundle.entry or []
-               if e.resource is not None and e.resource.get_resource_type() == resource_type
-               and (e.search is None or e.search.mode in (None, "match"))]
-        return ids[0] if len(ids) == 1 else None
+        return [e["resource"] for e in payload.get("entry") or []
+                if e.get("resource", {}).get("resourceType") == resource_type
+                and (e.get("search") or {}).get("mode", "match") == "match"]
+
+    def _search_one(self, client: httpx.Client, resource_type: str, token: str, timeout: float) -> str | None:
+        """The id of the one resource with this identifier; None when there is none or more than one."""
+        found = self._search(client, resource_type, {"identifier": token}, timeout)
+        return str(found[0]["id"]) if len(found) == 1 and found[0].get("id") else None
+
+    def _withdrawn(self, client: httpx.Client, report: StudyReport, timeout: float) -> list[dict[str, Any]]:
+        """The Observations our earlier report of this study lists whose findings the amendment no longer states."""
+        key = _ref_id(report.study_instance_uid, report.pipeline)
+        earlier = self._search(client, "DiagnosticReport", {"identifier": f"{REPORT_ID_SYSTEM}|{key}"}, timeout)
+        listed = [str(r.get("reference", "")).removeprefix("Observation/") for d in earlier for r in d.get("result", [])
+                  if str(r.get("reference", "")).startswith("Observation/")]
+        if not listed:
+            return []
+        current = {_oid(f.tracking_uid) for f in report.findings}
+        return [o for o in self._search(client, "Observation", {"_id": ",".join(listed)}, timeout)
+                if o.get("status") != "entered-in-error"
+                and not any(i.get("system") == DICOM_UID_SYSTEM and i.get("value") in current
+                            for i in o.get("identifier", []))]
 
     def _send_one(self, client: httpx.Client, path: Path, timeout: float) -> str:
         try:
@@ -268,9 +297,10 @@ class FhirDestination:
         if report.accession_number:
             found = self._search_one(client, "ServiceRequest", report.accession_number, timeout)
             service_request = f"ServiceRequest/{found}" if found else None
+        withdrawn = self._withdrawn(client, report, timeout) if report.amended else []
         try:
             bundle = build_transaction(report, self.priority_rules, subject_of(report, patient_id, system),
-                                       service_request)
+                                       service_request, withdrawn=withdrawn)
         except pydantic.ValidationError as exc:
             raise FhirError(f"{path.name}: the FHIR resources would not be valid R4 ({exc.error_count()} errors)",
                             permanent=True) from exc

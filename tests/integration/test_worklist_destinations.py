@@ -3,7 +3,8 @@ outbox) with Orthanc as the PACS, Medplum's FHIR engine as a ``fhir`` destinatio
 (hl7apy's server) as an ``hl7-mllp`` destination. A study sent with storescu, on which the test's pipeline finds a
 likely malignant lesion, becomes an urgent FHIR Task on the order and a DiagnosticReport with its Observation, read
 back over HTTP and validated with fhir.resources, and an ORU^R01 that hl7apy parses, flagged AA. Sending the SR
-again, and the study's re-processing after a new image arrives (an amended SR), update the same Task and report.
+again, and the study's re-processing after a new image arrives (an amended SR), update the same Task and report;
+the finding the amendment no longer states is withdrawn (entered-in-error).
 """
 
 from __future__ import annotations
@@ -38,17 +39,18 @@ MRN_SYSTEM = "urn:dicom-ai-node:synthetic-mrn"
 MALIGNANT = RADIOGRAPH_LESION_CLASSES[2]  # SCT 86049000: the default priority rules make a likely one urgent
 
 
-class LesionOnEveryImage:
-    """A likely malignant lesion in the middle of every image (no torch: the test is about delivery)."""
+class LesionOnLastImage:
+    """A likely malignant lesion in the middle of the study's last image (no torch: the test is about delivery), so
+    a new image moves the finding: the amended report states one finding and withdraws the other."""
 
-    name = "lesion-everywhere"
+    name = "lesion-on-last"
     version = "1.0"
     requirements = PipelineRequirements(modalities=("CR",), series_filter=SeriesFilter(), labs=(), reads_notes=False,
                                         dimensionality=2)
 
     def run(self, study: StudyInput, context: ClinicalContext) -> PipelineResult:
         findings = []
-        for n, ref in enumerate(study.instances, start=1):
+        for n, ref in enumerate(study.instances[-1:], start=1):
             rows = int(dcmread(ref.path, stop_before_pixels=True).Rows)
             findings.append(Finding(
                 tracking_uid=uid(ref.sop_instance_uid, "finding"), tracking_id=f"lesion {n}", class_code=MALIGNANT,
@@ -92,7 +94,7 @@ def test_task_report_and_oru_reach_the_worklists_once(tmp_path: Path,
          "request": {"method": "POST", "url": "ServiceRequest"}},
     ]})
     patient_ref, order_ref = (e["response"]["location"].split("/_history")[0] for e in created["entry"])
-    node = InProcessNode(tmp_path / "node", pacs, LesionOnEveryImage(), quiet_seconds=1.0, extra={"destination": [
+    node = InProcessNode(tmp_path / "node", pacs, LesionOnLastImage(), quiet_seconds=1.0, extra={"destination": [
         {"name": "ehr", "type": "fhir", "url": ehr.base_url, "patient_identifier_system": MRN_SYSTEM},
         {"name": "ris", "type": "hl7-mllp", "host": "127.0.0.1", "port": ris.port, "receiving_facility": "RADIOLOGY"},
     ]}).start()
@@ -136,17 +138,23 @@ def test_task_report_and_oru_reach_the_worklists_once(tmp_path: Path,
         assert open_destination(ehr_settings, "AINODE", node.settings.priority_rules).send([sr_path], 30)[0].ok
         assert [len(search(ehr, kind)) for kind in ("Task", "DiagnosticReport", "Observation")] == [1, 1, 1]
 
-        # a second image: the study is processed again and its amended SR updates the same Task and report
+        # a second image: the study is processed again; its amended SR updates the same Task and report, and the
+        # finding it no longer states is withdrawn
         second = cr_dataset("worklist", 2, patient_id="SYN-0201", size=128)
         assert storescu(node.port, [write_cr(tmp_path / "2.dcm", second)]).returncode == 0
         wait_for(lambda: len(ris.received) == 2 and node.settled(study_uid), 60, "the amended results")
         (task,) = search(ehr, "Task")
         assert task.priority == "urgent"
         (report,) = search(ehr, "DiagnosticReport")
-        assert report.status == "amended" and len(report.result or []) == 2
-        assert len(search(ehr, "Observation")) == 2 and len(search(ehr, "ImagingStudy")) == 1
+        assert report.status == "amended"
+        by_status = {o.status: o for o in search(ehr, "Observation")}
+        assert sorted(by_status) == ["amended", "entered-in-error"]
+        assert by_status["entered-in-error"].id == observation.id
+        assert [r.reference for r in report.result or []] == [f"Observation/{by_status['amended'].id}"]
+        assert len(search(ehr, "ImagingStudy")) == 1
         amended = ris.messages[1].ORU_R01_PATIENT_RESULT.ORU_R01_ORDER_OBSERVATION
         assert amended.obr.obr_25.to_er7() == "C"
+        assert [o.obx.obx_8.to_er7() for o in amended.ORU_R01_OBSERVATION if o.obx.obx_2.to_er7() == "NM"] == ["AA"]
 
         # an operator sees both destinations' deliveries
         config = tmp_path / "node.toml"

@@ -28,10 +28,10 @@ def settings(**kw: Any) -> DestinationSettings:
 
 
 class FakeEhr:
-    """Answers Patient/ServiceRequest searches from ``known``; keeps every transaction; ``fail`` overrides."""
+    """Answers a search with every resource of that type in ``known``; keeps every transaction; ``fail`` overrides."""
 
-    def __init__(self, known: dict[str, str] | None = None) -> None:
-        self.known = known or {}  # "Patient" / "ServiceRequest" -> id of the one match
+    def __init__(self, known: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        self.known = known or {}
         self.searches: list[tuple[str, str]] = []
         self.transactions: list[dict[str, Any]] = []
         self.fail: Callable[[httpx.Request], httpx.Response] | None = None
@@ -42,12 +42,8 @@ class FakeEhr:
         path = request.url.path.removeprefix("/fhir/R4")
         if request.method == "GET":
             kind = path.strip("/")
-            self.searches.append((kind, request.url.params["identifier"]))
-            found = self.known.get(kind)
-            resource: dict[str, Any] = {"resourceType": kind, "id": found}
-            if kind == "ServiceRequest":
-                resource |= {"status": "active", "intent": "order", "subject": {"reference": "Patient/p1"}}
-            entry = [{"resource": resource, "search": {"mode": "match"}}] if found else []
+            self.searches.append((kind, str(request.url.params)))
+            entry = [{"resource": r, "search": {"mode": "match"}} for r in self.known.get(kind, [])]
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entry})
         body = json.loads(request.content)
         self.transactions.append(body)
@@ -63,11 +59,13 @@ def resources(transaction: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def test_task_and_report_for_a_malignant_finding(tmp_path: Path) -> None:
-    ehr = FakeEhr({"Patient": "p1", "ServiceRequest": "sr9"})
+    ehr = FakeEhr({"Patient": [{"resourceType": "Patient", "id": "p1"}],
+                   "ServiceRequest": [{"resourceType": "ServiceRequest", "id": "sr9", "status": "active",
+                                       "intent": "order", "subject": {"reference": "Patient/p1"}}]})
     path = write_findings_sr(tmp_path)
     (outcome,) = ehr.destination().send([path], 30)
     assert outcome.ok, outcome.detail
-    assert ehr.searches == [("Patient", "urn:mrn|PAT-0042"), ("ServiceRequest", "ACC0042")]
+    assert ehr.searches == [("Patient", "identifier=urn%3Amrn%7CPAT-0042"), ("ServiceRequest", "identifier=ACC0042")]
     (tx,) = ehr.transactions
     Bundle.model_validate(tx)  # valid R4 as sent
     (task,) = resources(tx, "Task")
@@ -128,6 +126,26 @@ def test_resends_and_amendments_write_the_same_resources(tmp_path: Path) -> None
     (report,) = resources(amended, "DiagnosticReport")
     assert report["status"] == "amended" and "Amends an earlier AI report" in report["conclusion"]
     assert [o["status"] for o in resources(amended, "Observation")] == ["amended"]
+
+
+def test_an_amendment_withdraws_the_findings_it_no_longer_states(tmp_path: Path) -> None:
+    ehr = FakeEhr()
+    original = write_findings_sr(tmp_path)
+    ehr.destination().send([original], 30)
+    malignant, benign = resources(ehr.transactions[0], "Observation")
+    # the EHR now has the first report and its two Observations
+    ehr.known = {"DiagnosticReport": [{**resources(ehr.transactions[0], "DiagnosticReport")[0], "id": "dr1",
+                                       "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}]}],
+                 "Observation": [{**malignant, "id": "o1", "meta": {"versionId": "1"}}, {**benign, "id": "o2"}]}
+    ehr.destination().send([write_amendment(tmp_path, original)], 30)
+    amended = ehr.transactions[1]
+    assert ("Observation", "_id=o1%2Co2") in ehr.searches
+    withdrawn = [e for e in amended["entry"] if e["request"]["url"].startswith("Observation/")]
+    assert [(e["request"]["method"], e["request"]["url"]) for e in withdrawn] == [("PUT", "Observation/o2")]
+    assert withdrawn[0]["resource"]["status"] == "entered-in-error"
+    assert withdrawn[0]["resource"]["identifier"] == benign["identifier"] and "meta" not in withdrawn[0]["resource"]
+    (report,) = resources(amended, "DiagnosticReport")
+    assert len(report["result"]) == 1  # the malignant finding the amendment kept
 
 
 def test_not_analysed_and_nothing_found(tmp_path: Path) -> None:
