@@ -9,7 +9,6 @@ with fhir.resources' R4B models (Medplum and most EHRs speak R4). No database ac
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +29,6 @@ from node.delivery import SendOutcome
 from node.delivery.report import ReportError, StudyReport, abnormal_flag, fhir_system, read_report
 from node.priority import DEFAULT_RULES, PriorityDecision, PriorityRule, decide
 
-log = logging.getLogger(__name__)
-
 FHIR_JSON = "application/fhir+json"
 DICOM_UID_SYSTEM = "urn:dicom:uid"  # FHIR's system for DICOM UIDs, whose values are "urn:oid:<uid>"
 REPORT_ID_SYSTEM = "urn:dicom-ai-node:ai-report"  # <study uid>/<pipeline>: one report and one Task per pipeline run
@@ -41,7 +38,6 @@ IMAGING_REPORT = {"system": LOINC, "code": "18748-4", "display": "Diagnostic ima
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section: RAD
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-ACCESSION_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}
 AI_NOTICE = "AI result, unverified machine output: not for diagnostic use until a reader confirms it."
 
 
@@ -167,7 +163,9 @@ def build_transaction(
         "status": "requested",
         "intent": "order",
         "priority": decision.priority.code,
-        "code": {"text": "Read the imaging study"},
+        # "fulfill the focal request": read the study the order (or the ImagingStudy) asks for
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}],
+                 "text": "Read the imaging study"},
         "description": f"AI priority {decision.priority.code}: {decision.reason}",
         "focus": {"reference": service_request or study_url},
         "for": subject,
@@ -186,8 +184,11 @@ def _clean(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def subject_of(report: StudyReport, patient_fhir_id: str | None, identifier_system: str) -> dict[str, Any]:
+    """The Patient found by identifier, else a logical reference a worklist can still match on."""
     if patient_fhir_id is not None:
         return {"reference": f"Patient/{patient_fhir_id}"}
+    if not report.patient_id:  # DICOM allows an empty Patient ID; FHIR's ImagingStudy still needs a subject
+        return {"type": "Patient", "display": "patient without an ID in the DICOM study"}
     identifier = {"value": report.patient_id}
     if identifier_system:
         identifier["system"] = identifier_system

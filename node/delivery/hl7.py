@@ -64,7 +64,7 @@ def build_oru(report: StudyReport, rules: Sequence[PriorityRule], sending_applic
               settings: DestinationSettings, control_id: str, now: datetime | None = None) -> Message:
     """The ORU^R01 of one report; hl7apy checks it against v2.5.1's structure (strict validation)."""
     now = now or datetime.now(timezone.utc)
-    stamp = now.strftime("%Y%m%d%H%M%S")
+    stamp = now.strftime("%Y%m%d%H%M%S%z")  # with its offset: a DTM without one is the receiver's local time
     decision = decide(report.ranked, rules)
     status = "C" if report.amended else "F"
     m = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
@@ -124,7 +124,7 @@ def build_oru(report: StudyReport, rules: Sequence[PriorityRule], sending_applic
     observation("ST", STUDY_UID_CODE, report.study_instance_uid)
     who = f"AI {report.pipeline} {report.pipeline_version}"
     if not report.analysed:
-        group = observation("ST", NOT_ANALYSED_CODE, _text(f"{who} did not analyse this study"))
+        group = observation("TX", NOT_ANALYSED_CODE, _text(f"{who} did not analyse this study"))
         group.add_segment("NTE").nte_3 = _text(report.not_analysed_reason)
     elif not report.findings:
         observation("CWE", LESION, ABSENT, "N")
@@ -138,7 +138,7 @@ def build_oru(report: StudyReport, rules: Sequence[PriorityRule], sending_applic
         group.add_segment("NTE").nte_3 = _text(
             f"{reported.tracking_id}{where}: probability of {f.class_meaning} by {f.pipeline} {f.pipeline_version}; "
             f"tracking UID {reported.tracking_uid}")
-    group = observation("ST", PRIORITY_CODE, _text(f"{decision.priority.code}: {decision.reason}"))
+    group = observation("TX", PRIORITY_CODE, _text(f"{decision.priority.code}: {decision.reason}"))
     group.add_segment("NTE").nte_3 = _text(
         f"{who}. Unverified machine output, not for diagnostic use until a reader confirms it."
         + (" Corrects an earlier AI result." if report.amended else ""))

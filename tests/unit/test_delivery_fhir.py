@@ -6,6 +6,7 @@ to the outbox (retry or dead letter with the server's reason). The real engine: 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,8 @@ from test_delivery_report import write_amendment, write_empty_sr, write_findings
 
 from node.config import DestinationSettings, OutboxSettings
 from node.delivery import open_destination
-from node.delivery.fhir import FhirDestination
+from node.delivery.fhir import FhirDestination, build_transaction, subject_of
+from node.delivery.report import read_report
 from node.priority import DEFAULT_RULES, Priority, PriorityRule
 
 BASE = "http://ehr.test/fhir/R4"
@@ -72,7 +74,7 @@ def test_task_and_report_for_a_malignant_finding(tmp_path: Path) -> None:
     assert (task["status"], task["intent"], task["priority"]) == ("requested", "order", "urgent")
     assert task["focus"] == {"reference": "ServiceRequest/sr9"} and task["for"] == {"reference": "Patient/p1"}
     assert "Malignant neoplasm" in task["reasonCode"]["text"] and "0.87" in task["reasonCode"]["text"]
-    assert "malignant, likely" in task["description"]
+    assert "malignant, likely" in task["description"] and task["code"]["coding"][0]["code"] == "fulfill"
     (report,) = resources(tx, "DiagnosticReport")
     assert report["status"] == "final"
     assert report["code"]["coding"][0] == {"system": "http://loinc.org", "code": "18748-4",
@@ -103,6 +105,11 @@ def test_without_patient_or_order_the_task_points_at_the_imaging_study(tmp_path:
     assert task["focus"] == {"reference": study_entry["fullUrl"]}
     # a logical reference: the worklist can still match the patient by identifier
     assert task["for"] == {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "PAT-0042"}}
+    # DICOM allows an empty Patient ID: the resources are still valid, with a subject that says so
+    anonymous = replace(read_report(write_findings_sr(tmp_path)), patient_id="")
+    bundle = build_transaction(anonymous, DEFAULT_RULES, subject_of(anonymous, None, "urn:mrn"), None)
+    (study,) = resources(json.loads(bundle.model_dump_json(exclude_none=True)), "ImagingStudy")
+    assert study["subject"] == {"type": "Patient", "display": "patient without an ID in the DICOM study"}
 
 
 def test_resends_and_amendments_write_the_same_resources(tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ def test_oru_for_findings_parsed_by_the_receiver(tmp_path: Path) -> None:
     assert malignant.obx.obx_8.to_er7() == "AA" and benign.obx.obx_8.to_er7() == "A"
     assert malignant.obx.obx_11.to_er7() == "F"
     assert "finding site Chest" in malignant.nte.nte_3.to_er7()
+    assert priority.obx.obx_2.to_er7() == "TX"
     assert priority.obx.obx_5.to_er7().startswith("urgent: Malignant neoplasm, primary 0.87")
+    assert message.msh.msh_7.to_er7().endswith("+0000")  # UTC, said so
 
 
 def test_amendment_is_a_correction_and_not_analysed_says_so(tmp_path: Path) -> None:
