@@ -289,6 +289,12 @@ class FhirDestination:
         except ReportError as exc:
             raise FhirError(f"{exc}; only the node's SRs go to a fhir destination: set its kinds = [\"sr\"]",
                             permanent=True) from exc
+        try:
+            return self._write(client, report, path, timeout)
+        except FhirError as exc:
+            raise FhirError(report.redact(str(exc)), exc.permanent) from exc
+
+    def _write(self, client: httpx.Client, report: StudyReport, path: Path, timeout: float) -> str:
         system = self.settings.patient_identifier_system
         patient_id = None
         if report.patient_id:

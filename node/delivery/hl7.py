@@ -208,7 +208,7 @@ class Hl7MllpDestination:
                                 find_groups=False)
             code = str(ack.msa.msa_1.value)
             acked = str(ack.msa.msa_2.value)
-            text = str(ack.msa.msa_3.value) if ack.msa.msa_3.value else ""
+            text = report.redact(str(ack.msa.msa_3.value)) if ack.msa.msa_3.value else ""
         except (HL7apyException, AttributeError, IndexError) as exc:
             raise Hl7Error(f"ORU^R01 to {where}: the answer is not an HL7 ACK ({type(exc).__name__})") from exc
         if acked != control_id:

@@ -7,6 +7,7 @@ SR), the patient and study modules here. No network, no database.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -61,6 +62,19 @@ class StudyReport:
     @property
     def ranked(self) -> tuple[RankedFinding, ...]:
         return tuple(f.finding for f in self.findings)
+
+    def redact(self, text: str) -> str:
+        """``text`` (a peer's error message, bound for logs and the outbox) without this report's patient ID, name,
+        birth date or accession number: peers quote what they refuse."""
+        values = [(self.patient_id, "<patient id>"), (self.accession_number, "<accession>")]
+        values += [(part, "<name>") for part in re.split(r"[\^=]", self.patient_name) if len(part.strip()) >= 2]
+        if self.patient_birth_date is not None:
+            values += [(self.patient_birth_date.strftime("%Y%m%d"), "<birth date>"),
+                       (self.patient_birth_date.isoformat(), "<birth date>")]
+        for value, label in sorted(values, key=lambda v: -len(v[0])):
+            if len(value.strip()) >= 2:
+                text = re.sub(re.escape(value.strip()), label, text, flags=re.IGNORECASE)
+        return text
 
 
 # DICOM coding scheme designators -> FHIR code system URIs (terminology.hl7.org's names; DICOM PS3.16 8.2) and HL7 v2

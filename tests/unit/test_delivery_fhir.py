@@ -191,10 +191,11 @@ def test_failures_map_to_retry_or_dead_letter(tmp_path: Path) -> None:
         return respond
 
     invalid = {"resourceType": "OperationOutcome",
-               "issue": [{"severity": "error", "code": "invalid", "details": {"text": "Task.priority: bad code"}}]}
+               "issue": [{"severity": "error", "code": "invalid", "details": {"text": "Task.priority: bad code for PAT-0042"}}]}
     ehr.fail = answer(422, invalid)
     (outcome,) = destination.send([path], 30)
-    assert not outcome.ok and outcome.permanent and "HTTP 422: Task.priority: bad code" in outcome.detail
+    assert not outcome.ok and outcome.permanent
+    assert "HTTP 422: Task.priority: bad code for <patient id>" in outcome.detail  # no identifiers in the log
     assert seen[0].headers["Authorization"] == "Bearer s3cret"
     ehr.fail = answer(503, {})
     (outcome,) = destination.send([path], 30)

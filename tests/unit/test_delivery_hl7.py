@@ -86,10 +86,10 @@ def test_refusals_are_permanent_silence_and_absence_are_retried(tmp_path: Path) 
     path = write_findings_sr(tmp_path)
     with MllpListener() as ris:
         plugin = destination(ris.port)
-        ris.ack_code, ris.ack_text = "AE", "Unknown patient"
+        ris.ack_code, ris.ack_text = "AE", "Unknown patient PAT-0042"
         (outcome,) = plugin.send([path], 30)
         assert not outcome.ok and outcome.permanent and "refused" in outcome.detail
-        assert "(AE): Unknown patient" in outcome.detail
+        assert "(AE): Unknown patient <patient id>" in outcome.detail  # no identifiers in the log or outbox
         ris.ack_code, ris.ack_text = "AR", ""
         assert plugin.send([path], 30)[0].permanent
         ris.silent = True

@@ -120,3 +120,10 @@ def test_coding_systems() -> None:
     assert fhir_system("SCT") == "http://snomed.info/sct"
     assert fhir_system("99AINODE") == "urn:dicom-ai-node:coding-scheme:99AINODE"
     assert (hl7v2_system("SCT"), hl7v2_system("ICDO3"), hl7v2_system("99AINODE")) == ("SCT", "ICDO", "99AINODE")
+
+
+def test_peer_messages_are_redacted_before_they_reach_the_logs(tmp_path: Path) -> None:
+    report = read_report(write_findings_sr(tmp_path))
+    said = "Patient pat-0042 (DOE, Jane, born 1964-05-21 / 19640521) has no order ACC0042; Doe^Jane unknown"
+    assert report.redact(said) == ("Patient <patient id> (<name>, <name>, born <birth date> / <birth date>) has no "
+                                   "order <accession>; <name>^<name> unknown")
