@@ -96,12 +96,15 @@ class OutboxSettings:
 
 
 RESULT_KINDS = ("sr", "sc", "gsps", "ko")  # what the node writes: SR, SC overlays, presentation states, rejection notes
-DESTINATION_TYPES = ("dimse", "stow-rs")
+DESTINATION_TYPES = ("dimse", "stow-rs", "fhir", "hl7-mllp")
+# what the worklist destinations read: the SR (they turn its findings into FHIR resources or an HL7 v2 message)
+WORKLIST_KINDS = frozenset({"sr"})
 
 
 @dataclass(frozen=True)
 class DestinationSettings:
-    """Where result objects go: a DICOM C-STORE SCP (``dimse``) or a DICOMweb STOW-RS service (``stow-rs``).
+    """Where result objects go: a DICOM C-STORE SCP (``dimse``), a DICOMweb STOW-RS service (``stow-rs``), or, for
+    worklists, a FHIR server (``fhir``: Task and DiagnosticReport) or an HL7 v2 MLLP receiver (``hl7-mllp``: ORU^R01).
 
     Each destination has its own outbox queue, retries and dead letter; ``kinds`` says which objects it receives.
     """
@@ -113,13 +116,21 @@ class DestinationSettings:
     ae_title: str = ""  # dimse
     host: str = ""
     port: int = 0
-    url: str = ""  # stow-rs: the DICOMweb base URL (the STOW-RS endpoint is <url>/studies)
-    token: str | None = field(default=None, repr=False)  # stow-rs: bearer token, read from token_file
+    url: str = ""  # stow-rs: the DICOMweb base URL (the STOW-RS endpoint is <url>/studies); fhir: the FHIR base
+    token: str | None = field(default=None, repr=False)  # stow-rs, fhir: bearer token, read from token_file
     token_file: Path | None = None
+    patient_identifier_system: str = ""  # fhir: the system of the Patient identifier that is the DICOM PatientID
+    sending_facility: str = ""  # hl7-mllp: MSH-4 (MSH-3 is the node's AE title)
+    receiving_application: str = ""  # hl7-mllp: MSH-5
+    receiving_facility: str = ""  # hl7-mllp: MSH-6
 
     def describe(self) -> str:
         """Where it is, without secrets: for logs, the audit trail and ``outbox list``."""
-        return f"{self.ae_title}@{self.host}:{self.port}" if self.type == "dimse" else self.url
+        if self.type == "dimse":
+            return f"{self.ae_title}@{self.host}:{self.port}"
+        if self.type == "hl7-mllp":
+            return f"mllp://{self.host}:{self.port}"
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -470,6 +481,17 @@ def _kinds(table: dict[str, Any], section: str) -> frozenset[str]:
     return frozenset(value)
 
 
+def _worklist_kinds(table: dict[str, Any], section: str) -> frozenset[str]:
+    """A worklist destination (fhir, hl7-mllp) reads the SR only: kinds defaults to, and may only be, ["sr"]."""
+    if "kinds" not in table:
+        return WORKLIST_KINDS
+    value = table["kinds"]
+    if value != ["sr"]:
+        raise ConfigError(f"{section}.kinds = {value!r}: a {table.get('type')} destination takes the SR only; write "
+                          "kinds = [\"sr\"] or leave kinds out")
+    return WORKLIST_KINDS
+
+
 def _retry(table: dict[str, Any], section: str, defaults: OutboxSettings) -> OutboxSettings:
     retry = OutboxSettings(
         max_attempts=_get(table, section, "max_attempts", int, defaults.max_attempts),
@@ -516,22 +538,39 @@ def _destinations(raw: dict[str, Any], pacs: PacsSettings | None, outbox: Outbox
                 ae_title=_ae(t, section, None, required=True), host=_get(t, section, "host", str, required=True),
                 port=_port(t, section, "port", None, required=True),
             ))
-        elif kind == "stow-rs":
-            _known(t, section, common | {"url", "token_file"})
+        elif kind in ("stow-rs", "fhir"):
+            _known(t, section, common | {"url", "token_file"} | ({"patient_identifier_system"} if kind == "fhir" else set()))
             url = _get(t, section, "url", str, required=True)
             if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"{section}.url = {url!r} must start with http:// or https://, e.g. "
-                                  "\"https://pacs.example.org/dicom-web\" (the DICOMweb base URL)")
+                example = "https://pacs.example.org/dicom-web\" (the DICOMweb base URL)" if kind == "stow-rs" else \
+                    "https://ehr.example.org/fhir/R4\" (the FHIR base URL)"
+                raise ConfigError(f"{section}.url = {url!r} must start with http:// or https://, e.g. \"{example}")
             token_file = _file(t, section, "token_file", base_dir, secret=True)
             token = token_file.read_text(encoding="utf-8").strip() if token_file is not None else None
             if token_file is not None and (not token or any(c.isspace() for c in token)):
                 raise ConfigError(f"{section}.token_file {token_file}: the file must hold one bearer token")
             out.append(DestinationSettings(
-                name=name, type=kind, kinds=_kinds(t, section), retry=_retry(t, section, outbox),
-                url=url.rstrip("/"), token=token, token_file=token_file,
+                name=name, type=kind, kinds=_kinds(t, section) if kind == "stow-rs" else _worklist_kinds(t, section),
+                retry=_retry(t, section, outbox), url=url.rstrip("/"), token=token, token_file=token_file,
+                patient_identifier_system=_get(t, section, "patient_identifier_system", str, ""),
+            ))
+        elif kind == "hl7-mllp":
+            _known(t, section, common | {"host", "port", "sending_facility", "receiving_application",
+                                         "receiving_facility"})
+            hl7_fields = {key: _get(t, section, key, str, "") for key in
+                          ("sending_facility", "receiving_application", "receiving_facility")}
+            for key, value in hl7_fields.items():
+                if any(c in value for c in "|^~\\&\r\n") or len(value) > 180:
+                    raise ConfigError(f"{section}.{key} = {value!r}: HL7 v2 names take no |, ^, ~, \\, & or line "
+                                      "breaks (and at most 180 characters), e.g. \"RADIOLOGY\"")
+            out.append(DestinationSettings(
+                name=name, type=kind, kinds=_worklist_kinds(t, section), retry=_retry(t, section, outbox),
+                host=_get(t, section, "host", str, required=True), port=_port(t, section, "port", None, required=True),
+                **hl7_fields,
             ))
         else:
-            raise ConfigError(f"{section}.type = {kind!r}: use \"dimse\" (C-STORE) or \"stow-rs\" (DICOMweb)")
+            raise ConfigError(f"{section}.type = {kind!r}: use \"dimse\" (C-STORE), \"stow-rs\" (DICOMweb), "
+                              "\"fhir\" (FHIR Task and DiagnosticReport) or \"hl7-mllp\" (HL7 v2 ORU^R01 over MLLP)")
     return tuple(out)
 
 

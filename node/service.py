@@ -245,8 +245,8 @@ class Node:
 
     def _outbox_loop(self, destination: DestinationSettings) -> None:
         store = self.open_store()
-        outbox = Outbox(store, open_destination(destination, self.settings.node.ae_title),
-                        attempt_budget_seconds=self.settings.budgets.delivery_seconds)
+        plugin = open_destination(destination, self.settings.node.ae_title, self.settings.priority_rules)
+        outbox = Outbox(store, plugin, attempt_budget_seconds=self.settings.budgets.delivery_seconds)
         while not self._stop.is_set():
             if outbox.run_once() == 0:
                 self._stop.wait(0.5)

@@ -1,5 +1,6 @@
 """Delivery of result objects: the outbox (one queue per destination, backoff, dead letter) and the destinations
-it sends to, as plugins by type: ``dimse`` (C-STORE) and ``stow-rs`` (DICOMweb).
+it sends to, as plugins by type: ``dimse`` (C-STORE), ``stow-rs`` (DICOMweb), and for worklists ``fhir`` (Task and
+DiagnosticReport) and ``hl7-mllp`` (ORU^R01).
 
 A destination turns a list of files into one outcome per file; it never touches the database. The outbox decides
 what a failure means (retry later, or dead letter).
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from node.config import DestinationSettings
+from node.priority import DEFAULT_RULES, PriorityRule
 
 
 class DeliveryError(RuntimeError):
@@ -35,15 +37,22 @@ class Destination(Protocol):
         """Send every file within ``budget_seconds``; one outcome per file, in order. May raise DeliveryError."""
 
 
-def open_destination(settings: DestinationSettings, calling_ae: str) -> Destination:
-    """The plugin for ``settings.type``."""
-    factories: dict[str, Callable[[DestinationSettings, str], Destination]] = {}
+def open_destination(settings: DestinationSettings, calling_ae: str,
+                     priority_rules: Sequence[PriorityRule] = DEFAULT_RULES) -> Destination:
+    """The plugin for ``settings.type``; the worklist destinations state the priority ``priority_rules`` give."""
     from node.delivery.dimse import DimseDestination
+    from node.delivery.fhir import FhirDestination
+    from node.delivery.hl7 import Hl7MllpDestination
     from node.delivery.stowrs import StowRsDestination
 
-    factories["dimse"] = DimseDestination
-    factories["stow-rs"] = StowRsDestination
+    factories: dict[str, Callable[[], Destination]] = {
+        "dimse": lambda: DimseDestination(settings, calling_ae),
+        "stow-rs": lambda: StowRsDestination(settings, calling_ae),
+        "fhir": lambda: FhirDestination(settings, calling_ae, priority_rules),
+        "hl7-mllp": lambda: Hl7MllpDestination(settings, calling_ae, priority_rules),
+    }
     try:
-        return factories[settings.type](settings, calling_ae)
+        factory = factories[settings.type]
     except KeyError:
         raise ValueError(f"destination {settings.name!r}: no plugin for type {settings.type!r}") from None
+    return factory()

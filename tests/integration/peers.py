@@ -151,7 +151,7 @@ class InProcessNode:
     pipeline the test provides, so that a run can be held open on purpose; restartable like the real process."""
 
     def __init__(self, workdir: Path, pacs: Orthanc, pipeline: Any, quiet_seconds: float = 2.0,
-                 extra: dict[str, dict[str, Any]] | None = None) -> None:
+                 extra: dict[str, Any] | None = None) -> None:
         from node.config import RouteRule, parse_settings
 
         self.pipeline = pipeline
@@ -165,8 +165,8 @@ class InProcessNode:
             "watchdog": {"interval_seconds": 1.0},
             "outbox": {"backoff_seconds": 0.5},
         }
-        for section, values in (extra or {}).items():
-            raw[section] = {**raw.get(section, {}), **values}
+        for section, values in (extra or {}).items():  # a table merges; an array of tables (destination) is set
+            raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
         settings = parse_settings(raw)
         self.settings = settings.__class__(**{**settings.__dict__,
                                               "routes": (RouteRule(pipeline.name, {"Modality": "^CR$"}),)})

@@ -270,3 +270,54 @@ def test_bad_destinations_name_the_key_and_the_fix(tmp_path: Path, table: str, w
         load_settings(write(tmp_path, PACS + "[[destination]]\n" + table + "\n"))
     for word in words:
         assert word in str(err.value)
+
+
+def test_worklist_destinations_fhir_and_hl7(tmp_path: Path) -> None:
+    token = tmp_path / "ehr.token"
+    token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)
+    s = load_settings(write(tmp_path, PACS + """
+[[destination]]
+name = "ehr"
+type = "fhir"
+url = "https://ehr.example.org/fhir/R4/"
+token_file = "ehr.token"
+patient_identifier_system = "urn:oid:1.2.36.146.595.217.0.1"
+[[destination]]
+name = "ris"
+type = "hl7-mllp"
+host = "ris.example.org"
+port = 2575
+sending_facility = "AI-NODE"
+receiving_application = "RIS"
+receiving_facility = "RADIOLOGY"
+kinds = ["sr"]
+"""))
+    by_name = {d.name: d for d in s.destinations}
+    ehr, ris = by_name["ehr"], by_name["ris"]
+    assert (ehr.type, ehr.url, ehr.kinds, ehr.token) == ("fhir", "https://ehr.example.org/fhir/R4", {"sr"},
+                                                         "0123456789abcdef0123")
+    assert ehr.patient_identifier_system == "urn:oid:1.2.36.146.595.217.0.1"
+    assert (ris.type, ris.host, ris.port, ris.kinds) == ("hl7-mllp", "ris.example.org", 2575, {"sr"})
+    assert (ris.sending_facility, ris.receiving_application, ris.receiving_facility) == ("AI-NODE", "RIS", "RADIOLOGY")
+    assert ris.describe() == "mllp://ris.example.org:2575" and ehr.describe() == ehr.url
+
+
+@pytest.mark.parametrize("table, words", [
+    ('name = "ehr"\ntype = "fhir"', ["destination 'ehr'.url is required"]),
+    ('name = "ehr"\ntype = "fhir"\nurl = "ehr.example.org"', ["destination 'ehr'.url", "http://", "FHIR base URL"]),
+    ('name = "ehr"\ntype = "fhir"\nurl = "http://e/fhir"\nkinds = ["sr", "sc"]', ["destination 'ehr'.kinds",
+                                                                                  'kinds = ["sr"]']),
+    ('name = "ehr"\ntype = "fhir"\nurl = "http://e/fhir"\nhost = "h"', ["unknown key(s) host"]),
+    ('name = "ris"\ntype = "hl7-mllp"\nhost = "h"', ["destination 'ris'.port is required"]),
+    ('name = "ris"\ntype = "hl7-mllp"\nport = 2575', ["destination 'ris'.host is required"]),
+    ('name = "ris"\ntype = "hl7-mllp"\nhost = "h"\nport = 2575\nreceiving_facility = "A|B"',
+     ["destination 'ris'.receiving_facility", "take no |"]),
+    ('name = "ris"\ntype = "hl7-mllp"\nhost = "h"\nport = 2575\nurl = "http://x"', ["unknown key(s) url"]),
+    ('name = "ris"\ntype = "hl7"', ['"fhir"', '"hl7-mllp"']),
+])
+def test_bad_worklist_destinations_name_the_key_and_the_fix(tmp_path: Path, table: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, PACS + "[[destination]]\n" + table + "\n"))
+    for word in words:
+        assert word in str(err.value)
