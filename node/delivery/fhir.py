@@ -38,6 +38,8 @@ IMAGING_REPORT = {"system": LOINC, "code": "18748-4", "display": "Diagnostic ima
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service section: RAD
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+# a Task a worklist has taken up: a re-send of the same report must not put it back to "requested"
+KEPT_TASK_STATUSES = frozenset({"received", "accepted", "ready", "in-progress", "on-hold", "completed"})
 AI_NOTICE = "AI result, unverified machine output: not for diagnostic use until a reader confirms it."
 
 
@@ -79,11 +81,13 @@ def build_transaction(
     service_request: str | None,
     issued: datetime | None = None,
     withdrawn: Sequence[dict[str, Any]] = (),
+    task_status: str = "requested",
 ) -> Bundle:
     """The transaction for one report. ``subject``: a Reference (``{"reference": "Patient/..."}``, or a logical
     ``{"identifier": ...}`` when the EHR has no such Patient); ``service_request``: "ServiceRequest/<id>" of the
     accession, if the EHR has one; ``withdrawn``: Observations (as the EHR has them, with their id) of findings an
-    amendment no longer states, written back as "entered-in-error". Raises pydantic.ValidationError when a resource
+    amendment no longer states, written back as "entered-in-error"; ``task_status``: the Task's status (a worklist's
+    own, kept on a re-send: see ``FhirDestination._task_status``). Raises pydantic.ValidationError when a resource
     would not be valid R4."""
     issued = issued or datetime.now(timezone.utc)
     decision = decide(report.ranked, rules)
@@ -160,7 +164,7 @@ def build_transaction(
         "resourceType": "Task",
         "identifier": [{"system": TASK_ID_SYSTEM, "value": report_key}],
         "basedOn": based_on or None,
-        "status": "requested",
+        "status": task_status,
         "intent": "order",
         "priority": decision.priority.code,
         # "fulfill the focal request": read the study the order (or the ImagingStudy) asks for
@@ -283,6 +287,17 @@ class FhirDestination:
                 and not any(i.get("system") == DICOM_UID_SYSTEM and i.get("value") in current
                             for i in o.get("identifier", []))]
 
+    def _task_status(self, client: httpx.Client, report: StudyReport, timeout: float) -> str:
+        """"requested", unless our Task for this study and pipeline exists and a worklist has moved it on (accepted,
+        in-progress, completed, ...): a re-sent report keeps that status. An amendment asks again ("requested"): the
+        AI's result changed after someone may have read the study."""
+        if report.amended:
+            return "requested"
+        key = _ref_id(report.study_instance_uid, report.pipeline)
+        found = self._search(client, "Task", {"identifier": f"{TASK_ID_SYSTEM}|{key}"}, timeout)
+        status = str(found[0].get("status") or "") if len(found) == 1 else ""
+        return status if status in KEPT_TASK_STATUSES else "requested"
+
     def _send_one(self, client: httpx.Client, path: Path, timeout: float) -> str:
         try:
             report = read_report(path)
@@ -305,9 +320,10 @@ class FhirDestination:
             found = self._search_one(client, "ServiceRequest", report.accession_number, timeout)
             service_request = f"ServiceRequest/{found}" if found else None
         withdrawn = self._withdrawn(client, report, timeout) if report.amended else []
+        task_status = self._task_status(client, report, timeout)
         try:
             bundle = build_transaction(report, self.priority_rules, subject_of(report, patient_id, system),
-                                       service_request, withdrawn=withdrawn)
+                                       service_request, withdrawn=withdrawn, task_status=task_status)
         except pydantic.ValidationError as exc:
             raise FhirError(f"{path.name}: the FHIR resources would not be valid R4 ({exc.error_count()} errors)",
                             permanent=True) from exc

@@ -132,11 +132,16 @@ def test_task_report_and_oru_reach_the_worklists_once(tmp_path: Path,
         flags = [o.obx.obx_8.to_er7() for o in order.ORU_R01_OBSERVATION if o.obx.obx_2.to_er7() == "NM"]
         assert flags == ["AA"]
 
-        # the same SR sent again (a retry after a lost answer) writes the same resources
+        # a worklist takes the Task up; the same SR sent again (a retry after a lost answer) writes the same
+        # resources and leaves the Task in progress
+        taken = httpx.put(f"{ehr.base_url}/Task/{task.id}", timeout=10, headers={"Content-Type": "application/fhir+json"},
+                          content=task.model_copy(update={"status": "in-progress"}).model_dump_json(exclude_none=True))
+        assert taken.status_code == 200, taken.text
         sr_path = Path(node.store().outbox_items("sent", "ehr")[0]["path"])
         ehr_settings = next(d for d in node.settings.destinations if d.name == "ehr")
         assert open_destination(ehr_settings, "AINODE", node.settings.priority_rules).send([sr_path], 30)[0].ok
         assert [len(search(ehr, kind)) for kind in ("Task", "DiagnosticReport", "Observation")] == [1, 1, 1]
+        assert search(ehr, "Task")[0].status == "in-progress"
 
         # a second image: the study is processed again; its amended SR updates the same Task and report, and the
         # finding it no longer states is withdrawn
@@ -144,7 +149,7 @@ def test_task_report_and_oru_reach_the_worklists_once(tmp_path: Path,
         assert storescu(node.port, [write_cr(tmp_path / "2.dcm", second)]).returncode == 0
         wait_for(lambda: len(ris.received) == 2 and node.settled(study_uid), 60, "the amended results")
         (task,) = search(ehr, "Task")
-        assert task.priority == "urgent"
+        assert task.priority == "urgent" and task.status == "requested"  # the AI's result changed: read it again
         (report,) = search(ehr, "DiagnosticReport")
         assert report.status == "amended"
         by_status = {o.status: o for o in search(ehr, "Observation")}

@@ -67,7 +67,9 @@ def test_task_and_report_for_a_malignant_finding(tmp_path: Path) -> None:
     path = write_findings_sr(tmp_path)
     (outcome,) = ehr.destination().send([path], 30)
     assert outcome.ok, outcome.detail
-    assert ehr.searches == [("Patient", "identifier=urn%3Amrn%7CPAT-0042"), ("ServiceRequest", "identifier=ACC0042")]
+    assert ehr.searches[:2] == [("Patient", "identifier=urn%3Amrn%7CPAT-0042"),
+                                ("ServiceRequest", "identifier=ACC0042")]
+    assert [kind for kind, _ in ehr.searches[2:]] == ["Task"]  # is our Task already being worked on?
     (tx,) = ehr.transactions
     Bundle.model_validate(tx)  # valid R4 as sent
     (task,) = resources(tx, "Task")
@@ -133,6 +135,24 @@ def test_resends_and_amendments_write_the_same_resources(tmp_path: Path) -> None
     (report,) = resources(amended, "DiagnosticReport")
     assert report["status"] == "amended" and "Amends an earlier AI report" in report["conclusion"]
     assert [o["status"] for o in resources(amended, "Observation")] == ["amended"]
+
+
+def test_a_resend_keeps_the_worklists_task_status_and_an_amendment_asks_again(tmp_path: Path) -> None:
+    ehr = FakeEhr()
+    destination = ehr.destination()
+    original = write_findings_sr(tmp_path)
+    destination.send([original], 30)
+    (task,) = resources(ehr.transactions[0], "Task")
+    assert task["status"] == "requested"
+    ehr.known["Task"] = [{**task, "id": "t1", "status": "in-progress"}]  # a reader took it up
+    destination.send([original], 30)
+    assert resources(ehr.transactions[1], "Task")[0]["status"] == "in-progress"
+    ehr.known["Task"] = [{**task, "id": "t1", "status": "cancelled"}]  # a cancelled task is asked for again
+    destination.send([original], 30)
+    assert resources(ehr.transactions[2], "Task")[0]["status"] == "requested"
+    ehr.known["Task"] = [{**task, "id": "t1", "status": "completed"}]
+    destination.send([write_amendment(tmp_path, original)], 30)
+    assert resources(ehr.transactions[3], "Task")[0]["status"] == "requested"
 
 
 def test_an_amendment_withdraws_the_findings_it_no_longer_states(tmp_path: Path) -> None:
