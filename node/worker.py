@@ -45,6 +45,7 @@ from node.store import DeliveryRoute, RunOutcome, Store
 from pipelines.base import (
     ClinicalContext,
     CodedClass,
+    DisplayWindow,
     ExcludedInstance,
     InstanceRef,
     Pipeline,
@@ -260,7 +261,7 @@ class Worker:
         superseded = self._objects_of(current)
         predecessor = next((ds for ds in superseded if ds.Modality == "SR"), None)
         objects = self._write_results(job, result, refs, digest, predecessor, superseded,
-                                      pipeline.requirements.anatomy)
+                                      pipeline.requirements.anatomy, pipeline.requirements.display_window)
         timings["results_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         if study["last_received_at"] is not None:
@@ -348,6 +349,7 @@ class Worker:
     def _write_results(
         self, job: dict[str, Any], result: Any, refs: tuple[InstanceRef, ...], digest: str,
         predecessor: Dataset | None, superseded: list[Dataset], anatomy: CodedClass | None = None,
+        window: DisplayWindow | None = None,
     ) -> list[tuple[str, str, str, str]]:
         analysed = set(result.images_analysed) | {f.sop_instance_uid for f in result.findings}
         with_findings = {f.sop_instance_uid for f in result.findings}
@@ -375,7 +377,7 @@ class Worker:
         overlays = build_overlays(
             result, sources, series_instance_uid=uid("sc-series"), series_number=SC_SERIES_NUMBER,
             sop_uid_for=lambda key: uid(f"sc:{key}"), manufacturer=MANUFACTURER, software_version=version,
-            amends=predecessor is not None,
+            amends=predecessor is not None, window=window,
         )
         for n, sc in enumerate(overlays, start=1):
             sc_path = out_dir / f"sc-{n}.dcm"
@@ -386,7 +388,7 @@ class Worker:
         states = build_presentation_states(
             result, sources, series_instance_uid=uid("gsps-series"), series_number=GSPS_SERIES_NUMBER,
             sop_uid_for=lambda key: uid(f"gsps:{key}"), manufacturer=MANUFACTURER, software_version=version,
-            amends=predecessor is not None,
+            amends=predecessor is not None, window=window,
         ) if result.images_analysed or result.findings else []
         for n, state in enumerate(states, start=1):
             gsps_path = out_dir / ("gsps.dcm" if n == 1 else f"gsps-{n}.dcm")

@@ -55,6 +55,17 @@ class IntendedUse:
 
 
 @dataclass(frozen=True)
+class DisplayWindow:
+    """How a pipeline's findings are best seen (a window on the modality values, e.g. HU): the overlays (SC) and
+    presentation states use it instead of the image's own first window, which may hide what was found (a
+    ground-glass nodule in a mediastinal window)."""
+
+    center: float
+    width: float
+    explanation: str
+
+
+@dataclass(frozen=True)
 class PipelineRequirements:
     """What a pipeline needs from a study and from the EHR."""
 
@@ -67,6 +78,7 @@ class PipelineRequirements:
     # image's Body Part Examined is empty or has no standard code.
     anatomy: CodedClass | None = None
     intended_use: IntendedUse | None = None  # None: any image of ``modalities``
+    display_window: DisplayWindow | None = None  # None: the image's own VOI (else a robust default)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from node.results.sc import BANNER_TEXT, label
 from node.results.slices import box_on_slice
 from node.results.source_attrs import sanitized
 from node.results.voi import softcopy_voi
-from pipelines.base import Finding, PipelineResult
+from pipelines.base import DisplayWindow, Finding, PipelineResult
 
 NO_LESION_TEXT = "AI: no lesion found"
 LAYER_NAME = "AI FINDINGS"
@@ -70,6 +70,7 @@ def build_presentation_states(
     manufacturer: str,
     software_version: str,
     amends: bool = False,
+    window: DisplayWindow | None = None,
 ) -> list[hd.pr.GrayscaleSoftcopyPresentationState]:
     """The GSPS of one run over its analysed images (usually one; see the module docstring).
 
@@ -121,7 +122,7 @@ def build_presentation_states(
                 for image, header in zip(images, headers)
                 for annotation in _annotations(header, findings.get(str(image.SOPInstanceUID), []))
             ],
-            voi_lut_transformations=[
+            voi_lut_transformations=[softcopy_voi(images[0], None, window)] if window is not None else [
                 softcopy_voi(image, hd.ReferencedImageSequence([header]) if several else None)
                 for image, header in zip(images, headers)
             ],

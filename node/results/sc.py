@@ -26,7 +26,7 @@ from node.results.equipment import algorithm_equipment
 from node.results.slices import patient_orientation
 from node.results.source_attrs import sanitized
 from node.results.voi import has_own_voi, robust_window
-from pipelines.base import Finding, PipelineResult
+from pipelines.base import DisplayWindow, Finding, PipelineResult
 
 BANNER_TEXT = "AI result - not for diagnostic use"
 _BANNER_BG = (200, 0, 0)
@@ -54,6 +54,7 @@ def build_overlays(
     manufacturer: str,
     software_version: str,
     amends: bool = False,
+    window: DisplayWindow | None = None,
 ) -> list[hd.sc.SCImage]:
     """One SC per (source image, frame) with at least one finding; images without findings get none.
 
@@ -71,7 +72,7 @@ def build_overlays(
     # Sorted so that instance numbers do not depend on finding order: a replay yields identical objects.
     for number, ((sop_uid, frame), findings) in enumerate(sorted(grouped.items()), start=1):
         source = by_uid[sop_uid]
-        pixels = _render(display_frame(source, frame), findings)
+        pixels = _render(display_frame(source, frame, window), findings)
         overlays.append(
             _sc_image(
                 source,
@@ -92,14 +93,17 @@ def build_overlays(
     return overlays
 
 
-def display_frame(source: Dataset, frame_number: int = 1) -> np.ndarray:
+def display_frame(source: Dataset, frame_number: int = 1, window: DisplayWindow | None = None) -> np.ndarray:
     """The frame as a viewer would show it by default, as uint8 MONOCHROME2 (rescale, window, MONOCHROME1 handled).
 
-    Uses the image's own VOI (its VOI LUT, else its first window) when it has one; otherwise ``voi.robust_window``.
+    Uses ``window`` (the pipeline's display window) when given, else the image's own VOI (its VOI LUT, else its
+    first window) when it has one; otherwise ``voi.robust_window``.
     """
     image = hd.Image.from_dataset(source, copy=True)
     selector: int | hd.VOILUTTransformation = 0
-    if not has_own_voi(source):
+    if window is not None:
+        selector = hd.VOILUTTransformation(window_center=window.center, window_width=window.width)
+    elif not has_own_voi(source):
         values = image.get_frame(frame_number, apply_voi_transform=False, apply_presentation_lut=False)
         center, width = robust_window(values)
         selector = hd.VOILUTTransformation(window_center=center, window_width=width)

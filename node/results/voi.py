@@ -1,5 +1,5 @@
-"""The window a viewer should apply to a source image: its own VOI (the VOI LUT, else the first window) or, when it
-has none, a robust default, the same for the burned-in overlays (``sc``) and the presentation states (``gsps``).
+"""The window a viewer should apply to a source image: the pipeline's display window when it declares one, else the
+image's own VOI (the VOI LUT, else the first window) or, when it has none, a robust default, the same for the burned-in overlays (``sc``) and the presentation states (``gsps``).
 
 The default is the 0.5-99.5 percentile range of the modality values, robust to the collimator edges and burned-in
 markers typical of radiographs. No I/O; pixel data is decoded only for images without a VOI of their own.
@@ -13,6 +13,8 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.multival import MultiValue
+
+from pipelines.base import DisplayWindow
 
 DEFAULT_EXPLANATION = "AI node default: 0.5-99.5 percentile"
 
@@ -42,9 +44,12 @@ def _first(value: Any) -> Any:
 
 
 def softcopy_voi(
-    source: Dataset, referenced: hd.ReferencedImageSequence | None = None
+    source: Dataset, referenced: hd.ReferencedImageSequence | None = None, window: DisplayWindow | None = None,
 ) -> hd.pr.SoftcopyVOILUTTransformation:
-    """The source's VOI as a presentation state's Softcopy VOI LUT item, applying to ``referenced`` (None: all)."""
+    """The source's VOI as a presentation state's Softcopy VOI LUT item, applying to ``referenced`` (None: all);
+    ``window``: the pipeline's own display window instead."""
+    if window is not None:
+        return _window(window.center, window.width, window.explanation, None, referenced)
     if "VOILUTSequence" in source:
         lut = hd.LUT.from_dataset(source.VOILUTSequence[0])
         explanation = source.VOILUTSequence[0].get("LUTExplanation")

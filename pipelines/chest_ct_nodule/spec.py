@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
+from pipelines.base import CodedClass, DisplayWindow, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 from pipelines.common.bundle_layout import INTENDED_USE_STATEMENT
 
 CHEST_CT_NODULE = "chest-ct-nodule"
@@ -75,6 +75,8 @@ CHEST_CT_REQUIREMENTS = PipelineRequirements(
     # the code node/results/anatomy.py writes for a CHEST image; used when Body Part Examined is empty.
     anatomy=CodedClass("816094009", "SCT", "Chest"),
     intended_use=CHEST_CT_INTENDED_USE,
+    # the lung window: ground-glass nodules vanish in a mediastinal window, often a CT series' first
+    display_window=DisplayWindow(-600.0, 1500.0, "LUNG"),
 )
 
 
@@ -147,4 +149,5 @@ def metadata_defaults(config: dict[str, Any]) -> dict[str, Any]:
             "demographics": ["age", "sex"],
         },
         "anatomy": None if CHEST_CT_REQUIREMENTS.anatomy is None else _coded(CHEST_CT_REQUIREMENTS.anatomy),
+        "display_window": {"center": -600.0, "width": 1500.0, "explanation": "LUNG"},
     }

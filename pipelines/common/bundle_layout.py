@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipelines.base import CodedClass, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
+from pipelines.base import CodedClass, DisplayWindow, IntendedUse, LabRequirement, PipelineRequirements, SeriesFilter
 from pipelines.common import intended_use as intended_use_section
 
 METADATA = Path("configs/metadata.json")
@@ -173,6 +173,12 @@ def requirements_from_metadata(metadata: Mapping[str, Any]) -> PipelineRequireme
     if not isinstance(patterns, dict) or not all(isinstance(v, str) for v in patterns.values()):
         raise ValueError(f"\"inputs\".\"series_filter\" must map DICOM keywords to regular expressions, not {patterns!r}")
     anatomy = metadata.get("anatomy")
+    window = metadata.get("display_window")
+    if window is not None and not (isinstance(window, dict) and all(
+            isinstance(window.get(k), (int, float)) and not isinstance(window.get(k), bool) for k in ("center", "width"))
+            and window["width"] > 0 and isinstance(window.get("explanation", ""), str)):
+        raise ValueError(f"\"display_window\" must be {{\"center\": -600, \"width\": 1500, \"explanation\": "
+                         f"\"LUNG\"}} (modality values, e.g. HU; width > 0), not {window!r}")
     classes_from_metadata(metadata)
     return PipelineRequirements(
         modalities=use.modalities,
@@ -182,4 +188,6 @@ def requirements_from_metadata(metadata: Mapping[str, Any]) -> PipelineRequireme
         dimensionality=int(dimensionality),
         anatomy=None if anatomy is None else _coded(anatomy, "\"anatomy\""),
         intended_use=use,
+        display_window=None if window is None else DisplayWindow(float(window["center"]), float(window["width"]),
+                                                                 str(window.get("explanation", ""))),
     )

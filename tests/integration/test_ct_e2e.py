@@ -110,6 +110,10 @@ def test_a_chest_ct_study_gets_3d_findings_and_sc_slices_in_orthanc(
     assert len(found["SC"]) == len({f.sop_instance_uid for f in summary.findings})
     for n, sc in enumerate(found["SC"]):
         assert errors(dciodvfy(_stored(pacs, sc, tmp_path / f"sc{n}.dcm"))) == []
+    # the presentation state shows every slice in the bundle's lung window, whatever window the series states first
+    (state,) = found["PR"]
+    (voi,) = state.SoftcopyVOILUTSequence
+    assert (float(voi.WindowCenter), float(voi.WindowWidth), voi.WindowCenterWidthExplanation) == (-600, 1500, "LUNG")
 
 
 def test_real_ct_that_is_not_chest_is_not_analysed_by_the_chest_model_and_says_why(

@@ -118,6 +118,7 @@ def test_requirements_of_a_site_bundle_need_no_torch(tmp_path: Path) -> None:
     (lambda m: m["inputs"].update(labs=[{"loinc": "6768-6"}]), r"\"inputs\".\"labs\"\[0\] must be"),
     (lambda m: m["intended_images"].update(modalities=[]), r"intended_use\.modalities must name"),
     (lambda m: m.update(classes=m["classes"][:2]), r"lists 2 \"classes\" but the head .* has 3"),
+    (lambda m: m.update(display_window={"center": -600, "width": 0}), r"\"display_window\" must be"),
 ])
 def test_install_refuses_a_bad_bundle_naming_the_key(tmp_path: Path, change: object, words: str) -> None:
     source = copy_as("site-bone", tmp_path / "src")

@@ -140,6 +140,31 @@ def test_each_image_keeps_its_own_voi(tmp_path: Path) -> None:
     assert read.PresentationLUTShape == "IDENTITY"
 
 
+def test_a_pipelines_display_window_replaces_the_images_own_in_the_state_and_the_overlay(tmp_path: Path) -> None:
+    from node.results.sc import display_frame
+    from pipelines.base import DisplayWindow
+
+    windowed = synthetic_cr(f"{STUDY_UID}.1.1")
+    lut = voi_lut_cr(f"{STUDY_UID}.1.3", instance_number=3)
+    window = DisplayWindow(900.0, 1200.0, "AI FINDINGS")
+    digest = input_digest((windowed.SOPInstanceUID, lut.SOPInstanceUID), "fhir=ok")
+    (state,) = build_presentation_states(
+        result([windowed, lut], ()), [windowed, lut], series_instance_uid=result_uid(STUDY_UID, PIPELINE, VERSION,
+                                                                                   digest, "gsps-series"),
+        series_number=9904, sop_uid_for=lambda key: result_uid(STUDY_UID, PIPELINE, VERSION, digest, key),
+        manufacturer="dicom-ai-node", software_version="0.1.0", window=window)
+    read = _written(state, tmp_path / "gsps-window.dcm")
+    (item,) = read.SoftcopyVOILUTSequence  # one window for every image, whatever their own VOI
+    assert (float(item.WindowCenter), float(item.WindowWidth)) == (900.0, 1200.0)
+    assert item.WindowCenterWidthExplanation == "AI FINDINGS" and "VOILUTSequence" not in item
+    # the overlay is rendered through the same window: DICOM's linear function on the modality values
+    values = modality_values(windowed).astype(float)
+    expected = np.clip(((values - (900.0 - 0.5)) / (1200.0 - 1) + 0.5), 0, 1) * 255
+    shown = display_frame(windowed, 1, window).astype(float)
+    assert np.abs(shown - expected).max() <= 1.0
+    assert not np.array_equal(shown, display_frame(windowed, 1).astype(float))  # its own window differs
+
+
 def test_monochrome1_is_shown_inverse_as_its_modality_meant(tmp_path: Path) -> None:
     # A presentation state's grayscale pipeline replaces Photometric Interpretation (PS3.4 N.2.1.4): without INVERSE a
     # viewer applying it would show a MONOCHROME1 radiograph as a negative.
