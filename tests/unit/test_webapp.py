@@ -175,6 +175,7 @@ def test_reader_cannot_reach_admin_and_logout_ends_the_session(node_db: Path) ->
     admin = logged_in(node_db, "adam", "admin-password")
     page = admin.get("/admin")
     assert page.status_code == 200 and "rita" in page.text and "argon2" not in page.text
+    assert "<title>Admin - dicom-ai-node</title>" in page.text and page.text.count('class="feedback-rates"') == 1
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf is not None
     added = admin.post("/admin/users", data={"username": "ruth", "password": "ruth-password", "role": "reader",
