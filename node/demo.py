@@ -87,6 +87,30 @@ def _report(node: Node, pacs: Orthanc, study_uid: str, workdir: Path) -> tuple[b
     return sr_found, n_sc
 
 
+def _report_worklist(base_url: str, study_uid: str) -> bool:
+    """Print the Task and DiagnosticReport the node wrote to the FHIR engine; True when the Task is there."""
+    import httpx
+
+    from node.delivery.fhir import REPORT_ID_SYSTEM, TASK_ID_SYSTEM
+
+    key = f"{study_uid}/radiograph-lesion"  # the demo study goes to the shipped radiograph pipeline
+    tasks = httpx.get(f"{base_url}/Task", params={"identifier": f"{TASK_ID_SYSTEM}|{key}"},
+                      timeout=10).json().get("entry", [])
+    if not tasks:
+        print("\nFHIR Task: NOT in the FHIR engine")
+        return False
+    task = tasks[0]["resource"]
+    print(f"\nFHIR Task (what a worklist reads), in the FHIR engine:\n  {base_url}/Task/{task['id']}\n"
+          f"  status {task['status']}, priority {task['priority']}: {task.get('description', '')}")
+    reports = httpx.get(f"{base_url}/DiagnosticReport", params={"identifier": f"{REPORT_ID_SYSTEM}|{key}"},
+                        timeout=10).json().get("entry", [])
+    for entry in reports:
+        report = entry["resource"]
+        print(f"FHIR DiagnosticReport {report['id']} ({report['status']}), {len(report.get('result', []))} "
+              f"Observation(s): {base_url}/DiagnosticReport/{report['id']}")
+    return True
+
+
 def _demo_account(node: Node) -> str:
     """An admin account 'demo' with a new random password, for the worklist (this demo's database only)."""
     import secrets
@@ -126,6 +150,9 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
                          "data_dir": str(workdir / "node-data"), "http_port": http_port},
                 "pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
                 "fhir": {"base_url": fhir.base_url, "patient_identifier_system": "urn:dicom-ai-node:synthetic-mrn"},
+                # the report also goes where worklists read it: a FHIR Task with the AI priority, a DiagnosticReport
+                "destination": [{"name": "ehr", "type": "fhir", "url": fhir.base_url,
+                                 "patient_identifier_system": "urn:dicom-ai-node:synthetic-mrn"}],
                 "assembly": {"quiet_seconds": 5},
                 **({"web": {"viewer_url": viewer.study_url("{study_uid}")}} if viewer is not None else {}),
             },
@@ -150,6 +177,7 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
             state = study["state"] if study else "not received"
             print(f"study {state} after {time.monotonic() - t0:.1f} s")
             sr_found, n_sc = _report(node, pacs, case.study_instance_uid, workdir)
+            task_found = _report_worklist(fhir.base_url, case.study_instance_uid)
             if viewer is not None:
                 print(f"\nOHIF Viewer (double-click the SR's thumbnail to see the boxes):\n"
                       f"  {viewer.study_url(case.study_instance_uid)}")
@@ -157,7 +185,7 @@ def run_demo(workdir: Path, once: bool, timeout: float = 600.0) -> int:
                 print(f"\nOHIF Viewer not installed ({OHIF_DIST}): bash deploy/setup.sh (deploy/viewer/ohif.pin)")
             truth = ", ".join(f"{label} at ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})" for b, label in case.truth)
             print(f"\nsynthetic ground truth (for comparison): {truth}")
-            ok = state == "sent" and sr_found and n_sc >= 1
+            ok = state == "sent" and sr_found and n_sc >= 1 and task_found
             print(f"\nOrthanc keeps its data in {pacs.workdir}; serve it again later with:"
                   f"\n  TCP_NODELAY=1 Orthanc {pacs.workdir / 'orthanc.json'}")
             if once:

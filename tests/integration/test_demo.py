@@ -3,6 +3,7 @@ through, exit status 0 only when the SR and SCs are in Orthanc, overlays written
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,10 @@ def test_demo_once_exits_0_with_findings_and_overlays(tmp_path: Path) -> None:
     assert "result: OK" in out.stdout
     assert "Structured Report (radiograph-lesion" in out.stdout
     assert "- lesion 1:" in out.stdout and "p=0." in out.stdout
+    # the report also reached the FHIR engine as a worklist Task with the AI priority, and a DiagnosticReport
+    assert re.search(r"FHIR Task .*\n.*/Task/\S+\n  status requested, priority (routine|urgent|asap|stat): AI priority",
+                     out.stdout), out.stdout[-3000:]
+    assert re.search(r"FHIR DiagnosticReport \S+ \(final\), [1-9]\d* Observation\(s\)", out.stdout), out.stdout[-3000:]
     png = tmp_path / "demo" / "overlay-1.png"
     assert Image.open(png).size[0] > 0
     assert "SYN-" not in out.stderr, "patient identifiers in the log"
