@@ -20,6 +20,15 @@ class DeliveryError(RuntimeError):
     """The destination could not be reached or refused the whole request (every file of the attempt failed)."""
 
 
+class ObjectNotSent(Exception):
+    """One file could not be delivered; ``permanent``: sending it again unchanged cannot help (the outbox
+    dead-letters it at once). The destinations' own errors (FhirError, Hl7Error) are these."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
 @dataclass(frozen=True)
 class SendOutcome:
     path: Path

@@ -25,7 +25,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.task import Task
 
 from node.config import DestinationSettings
-from node.delivery import SendOutcome
+from node.delivery import ObjectNotSent, SendOutcome
 from node.delivery.report import ReportError, StudyReport, abnormal_flag, fhir_system, read_report
 from node.priority import DEFAULT_RULES, PriorityDecision, PriorityRule, decide
 
@@ -43,12 +43,8 @@ KEPT_TASK_STATUSES = frozenset({"received", "accepted", "ready", "in-progress", 
 AI_NOTICE = "AI result, unverified machine output: not for diagnostic use until a reader confirms it."
 
 
-class FhirError(Exception):
-    """One SR could not be written; ``permanent``: sending it again unchanged cannot help."""
-
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+class FhirError(ObjectNotSent):
+    """One SR could not be written to the FHIR server."""
 
 
 def _oid(uid: str) -> str:

@@ -23,7 +23,7 @@ from hl7apy.parser import parse_message
 from hl7apy.v2_5_1 import ST
 
 from node.config import DestinationSettings
-from node.delivery import SendOutcome
+from node.delivery import ObjectNotSent, SendOutcome
 from node.delivery.report import ReportError, StudyReport, abnormal_flag, hl7v2_system, read_report
 from node.priority import DEFAULT_RULES, PriorityRule, decide
 from node.results import coding
@@ -38,10 +38,8 @@ ABSENT = f"{coding.ABSENT.value}^{coding.ABSENT.meaning}^SCT"
 STUDY_UID_CODE = "110180^Study Instance UID^DCM"
 
 
-class Hl7Error(Exception):
-    def __init__(self, message: str, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+class Hl7Error(ObjectNotSent):
+    """One SR could not be sent as an ORU^R01, or its receiver did not accept it."""
 
 
 def _text(value: str) -> str:
